@@ -1,0 +1,59 @@
+//! Detector outputs: anomaly events and per-reading scores.
+
+use serde::{Deserialize, Serialize};
+
+use crate::EventTime;
+
+/// How bad an anomaly is; derived from the score by the detector's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// An anomaly event, as written to `anomalies.jsonl` and the notification topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Deterministic id: see [`crate::event_id`].
+    pub event_id: String,
+    pub sensor_id: String,
+    pub asset_id: String,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339", deserialize_with = "crate::time::deserialize_event_time")]
+    pub ts: EventTime,
+    pub value: f64,
+    /// In `[0, 1]`.
+    pub score: f64,
+    pub severity: Severity,
+    /// Which detector fired, e.g. `robust_z`.
+    pub detector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+}
+
+/// The score of one accepted reading, as written to `scores.jsonl` with `--emit-scores`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredReading {
+    pub sensor_id: String,
+    #[serde(serialize_with = "crate::time::serialize_rfc3339", deserialize_with = "crate::time::deserialize_event_time")]
+    pub ts: EventTime,
+    pub value: f64,
+    /// In `[0, 1]`; 0 for late readings, which skip stateful scoring.
+    pub score: f64,
+    /// Present and true only for readings older than the watermark.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}

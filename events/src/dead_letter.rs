@@ -1,0 +1,101 @@
+//! Dead letters: every record the processor refuses, with why and where it came from.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The closed set of reasons a record is refused. Names are part of the output contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not parseable as JSON (or an empty line).
+    MalformedJson,
+    /// A CSV row that does not fit the header.
+    MalformedCsv,
+    /// A required field (`sensor_id`, `ts`, `value`) is absent.
+    MissingField,
+    /// A field, or the record itself, has the wrong JSON type.
+    WrongType,
+    /// `value` is NaN, infinite, or out of the f64 range.
+    NonFinite,
+    /// `ts` is neither RFC 3339 nor integer epoch milliseconds in 1970..=9999.
+    BadTimestamp,
+    /// `sensor_id` is empty or only whitespace.
+    EmptySensorId,
+    /// An exact repeat (sensor, ts, value) of an earlier reading.
+    Duplicate,
+    /// Older than the watermark, when the late policy is `dead_letter`.
+    Late,
+    /// Larger than the maximum record size.
+    TooLarge,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::MalformedJson,
+        Reason::MalformedCsv,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::NonFinite,
+        Reason::BadTimestamp,
+        Reason::EmptySensorId,
+        Reason::Duplicate,
+        Reason::Late,
+        Reason::TooLarge,
+    ];
+
+    /// The snake_case name used in files, headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MalformedCsv => "malformed_csv",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::NonFinite => "non_finite",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::EmptySensorId => "empty_sensor_id",
+            Reason::Duplicate => "duplicate",
+            Reason::Late => "late",
+            Reason::TooLarge => "too_large",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal before the source location is attached: what the decoders and validators return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection { reason, detail: detail.into() }
+    }
+}
+
+/// Where a record was read. Serialized untagged, as the contract's
+/// `{"file": …, "line": N}` or `{"topic": …, "partition": P, "offset": O}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SourceLocation {
+    File { file: String, line: u64 },
+    Kafka { topic: String, partition: i32, offset: i64 },
+    Simulator { simulator: String, seq: u64 },
+}
+
+/// A refused record: reason, human-readable detail, the original text, and where it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    pub detail: String,
+    /// The original record, lossily decoded as UTF-8 when it was not valid UTF-8.
+    pub raw: String,
+    pub source: SourceLocation,
+}

@@ -1,0 +1,278 @@
+//! The JSON decoder: one object per line or message.
+//!
+//! The success path uses sonic-rs, which measured faster than serde_json on the contract's
+//! records (see `events/benches/decode.rs` and the README). A record that fails is parsed
+//! again with serde_json, whose error categories give the precise dead-letter reason; failures
+//! are rare, so the second parse costs nothing that matters.
+
+use serde::{Deserialize, Deserializer};
+
+use super::field::Field;
+use super::{build_reading, MAX_RECORD_BYTES};
+use crate::time::{check_epoch_millis, epoch_millis_from_f64, parse_rfc3339};
+use crate::{Reading, Reason, Rejection};
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    sensor_id: Option<Field<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ts: Option<Field<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    value: Option<Field<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    asset_id: Option<Field<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    unit: Option<Field<'a>>,
+}
+
+/// Distinguishes `"value": null` (present, wrong type) from an absent key (missing).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Error> {
+    Field::deserialize(d).map(Some)
+}
+
+/// Decodes one JSON record.
+pub fn decode_json(line: &[u8]) -> Result<Reading, Rejection> {
+    check_size(line)?;
+    match sonic_rs::from_slice::<Wire<'_>>(line) {
+        Ok(wire) => wire.into_reading(),
+        Err(_) => decode_json_with_serde_json(line),
+    }
+}
+
+/// Decodes one JSON record with serde_json alone: the diagnosis path, and the baseline the
+/// decoder benchmark compares against.
+pub fn decode_json_with_serde_json(line: &[u8]) -> Result<Reading, Rejection> {
+    check_size(line)?;
+    match serde_json::from_slice::<Wire<'_>>(line) {
+        Ok(wire) => wire.into_reading(),
+        Err(err) => Err(classify_parse_error(line, &err)),
+    }
+}
+
+fn check_size(line: &[u8]) -> Result<(), Rejection> {
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!("record is {} bytes, the limit is {MAX_RECORD_BYTES}", line.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn classify_parse_error(line: &[u8], err: &serde_json::Error) -> Rejection {
+    let message = err.to_string();
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Rejection::new(Reason::MalformedJson, "empty record");
+    }
+    if err.is_data() {
+        if message.starts_with("invalid type") {
+            return Rejection::new(Reason::WrongType, format!("record must be a JSON object: {message}"));
+        }
+        return Rejection::new(Reason::MalformedJson, message);
+    }
+    if message.starts_with("number out of range") || has_non_finite_literal(line) {
+        return Rejection::new(Reason::NonFinite, format!("value is not a finite number: {message}"));
+    }
+    Rejection::new(Reason::MalformedJson, message)
+}
+
+/// JSON has no NaN or Infinity, but Python's `json.dumps` writes them unquoted. Such a record
+/// is a non-finite value, not garbage, and saying so helps whoever fixes the producer.
+fn has_non_finite_literal(line: &[u8]) -> bool {
+    let Some(at) = find(line, b"\"value\"") else { return false };
+    let rest = &line[at + 7..];
+    let rest = trim_start(rest);
+    let Some(rest) = rest.strip_prefix(b":") else { return false };
+    let rest = trim_start(rest);
+    let rest = rest.strip_prefix(b"-").or_else(|| rest.strip_prefix(b"+")).unwrap_or(rest);
+    ["nan", "inf"].iter().any(|w| rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(w.as_bytes()))
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let skip = bytes.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &bytes[skip..]
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Wire<'_> {
+    fn into_reading(self) -> Result<Reading, Rejection> {
+        let sensor_id = required("sensor_id", self.sensor_id)?;
+        let ts = required("ts", self.ts)?;
+        let value = required("value", self.value)?;
+
+        let sensor_id = match &sensor_id {
+            Field::Str(s) => s.as_ref(),
+            other => return Err(wrong_type("sensor_id", "a string", other)),
+        };
+        let ts = match &ts {
+            Field::Str(s) => parse_rfc3339(s),
+            Field::UInt(ms) => check_epoch_millis(*ms as i128),
+            Field::Int(ms) => check_epoch_millis(*ms as i128),
+            Field::Float(ms) => epoch_millis_from_f64(*ms),
+            other => return Err(wrong_type("ts", "an RFC 3339 string or epoch milliseconds", other)),
+        }
+        .map_err(|e| Rejection::new(Reason::BadTimestamp, e.to_string()))?;
+        let value = match &value {
+            Field::UInt(v) => *v as f64,
+            Field::Int(v) => *v as f64,
+            Field::Float(v) => *v,
+            Field::Str(s) if is_non_finite_word(s) => {
+                return Err(Rejection::new(Reason::NonFinite, format!("value \"{s}\" is not finite")))
+            }
+            other => return Err(wrong_type("value", "a number", other)),
+        };
+        let asset_id = optional_str("asset_id", &self.asset_id)?;
+        let unit = optional_str("unit", &self.unit)?;
+        build_reading(sensor_id, asset_id, ts, value, unit)
+    }
+}
+
+fn required<'a>(name: &str, field: Option<Field<'a>>) -> Result<Field<'a>, Rejection> {
+    field.ok_or_else(|| Rejection::new(Reason::MissingField, format!("{name} is missing")))
+}
+
+fn optional_str<'f>(name: &str, field: &'f Option<Field<'_>>) -> Result<Option<&'f str>, Rejection> {
+    match field {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(s)) => Ok(Some(s.as_ref())),
+        Some(other) => Err(wrong_type(name, "a string", other)),
+    }
+}
+
+fn wrong_type(name: &str, expected: &str, got: &Field<'_>) -> Rejection {
+    Rejection::new(Reason::WrongType, format!("{name} must be {expected}, got {}", got.type_name()))
+}
+
+fn is_non_finite_word(s: &str) -> bool {
+    let s = s.trim().trim_start_matches(['+', '-']);
+    ["nan", "inf", "infinity"].iter().any(|w| s.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reason(line: &str) -> Reason {
+        decode_json(line.as_bytes()).unwrap_err().reason
+    }
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let r = decode_json(br#"{"sensor_id": "line1-pump-00/vibration", "asset_id": "line1-pump-00", "ts": "2026-03-01T00:00:00.000Z", "value": 2.43, "unit": "mm/s"}"#).unwrap();
+        assert_eq!(r.sensor_id, "line1-pump-00/vibration");
+        assert_eq!(r.asset_id, "line1-pump-00");
+        assert_eq!(r.ts, 1_772_323_200_000);
+        assert_eq!(r.value, 2.43);
+        assert_eq!(r.unit.as_deref(), Some("mm/s"));
+    }
+
+    #[test]
+    fn defaults_asset_accepts_epoch_millis_and_ignores_unknown_fields() {
+        let r = decode_json(br#"{"sensor_id":"a/b","ts":1772323200000,"value":1,"extra":{"x":[1,2]}}"#).unwrap();
+        assert_eq!(r.asset_id, "a");
+        assert_eq!(r.ts, 1_772_323_200_000);
+        assert_eq!(r.value, 1.0);
+        assert_eq!(r.unit, None);
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let r = decode_json(br#"{"sensor_id":"a\/b\u00e9","ts":0,"value":-0.5}"#).unwrap();
+        assert_eq!(r.sensor_id, "a/bé");
+    }
+
+    #[test]
+    fn every_reason_is_reachable() {
+        assert_eq!(reason("not json"), Reason::MalformedJson);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1"#), Reason::MalformedJson);
+        assert_eq!(reason(""), Reason::MalformedJson);
+        assert_eq!(reason(r#"{"ts":0,"value":1}"#), Reason::MissingField);
+        assert_eq!(reason(r#"{"sensor_id":"a","value":1}"#), Reason::MissingField);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0}"#), Reason::MissingField);
+        assert_eq!(reason(r#"{"sensor_id":7,"ts":0,"value":1}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":true,"value":1}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":"1.5"}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":null}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1,"unit":5}"#), Reason::WrongType);
+        assert_eq!(reason(r#"[1,2,3]"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":NaN}"#), Reason::NonFinite);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":-Infinity}"#), Reason::NonFinite);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1e999}"#), Reason::NonFinite);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":"NaN"}"#), Reason::NonFinite);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":"yesterday","value":1}"#), Reason::BadTimestamp);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":-1,"value":1}"#), Reason::BadTimestamp);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":1.5,"value":1}"#), Reason::BadTimestamp);
+        assert_eq!(reason(r#"{"sensor_id":"","ts":0,"value":1}"#), Reason::EmptySensorId);
+        assert_eq!(reason(r#"{"sensor_id":"  ","ts":0,"value":1}"#), Reason::EmptySensorId);
+        let huge = format!(r#"{{"sensor_id":"{}","ts":0,"value":1}}"#, "x".repeat(MAX_RECORD_BYTES));
+        assert_eq!(reason(&huge), Reason::TooLarge);
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("(sensor_id|ts|value|asset_id|unit|[a-z]{1,4})", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any bytes: a reading or a rejection, never a panic; and the fast and the
+        /// diagnosis parsers agree on the verdict.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let fast = decode_json(&bytes);
+            let slow = decode_json_with_serde_json(&bytes);
+            prop_assert_eq!(fast.is_ok(), slow.is_ok());
+        }
+
+        /// Arbitrary JSON documents (biased to the contract's keys) agree between parsers,
+        /// and every accepted one satisfies the contract.
+        #[test]
+        fn arbitrary_json_agrees_and_accepted_is_valid(v in json_value()) {
+            let text = serde_json::to_vec(&v).unwrap();
+            let fast = decode_json(&text);
+            let slow = decode_json_with_serde_json(&text);
+            prop_assert_eq!(&fast, &slow);
+            if let Ok(r) = fast {
+                prop_assert!(!r.sensor_id.trim().is_empty());
+                prop_assert!(r.value.is_finite());
+                prop_assert!(!r.asset_id.is_empty());
+            }
+        }
+
+        /// Well-formed readings round-trip through the decoder.
+        #[test]
+        fn valid_readings_round_trip(
+            sensor in "[a-z0-9_-]{1,12}/[a-z]{1,10}",
+            ts in 0u64..=crate::time::MAX_EVENT_TIME,
+            value in any::<f64>().prop_filter("finite", |f| f.is_finite()),
+            rfc in any::<bool>(),
+        ) {
+            let ts_json = if rfc {
+                serde_json::Value::from(crate::time::format_rfc3339_millis(ts))
+            } else {
+                serde_json::Value::from(ts)
+            };
+            let line = serde_json::json!({"sensor_id": sensor, "ts": ts_json, "value": value});
+            let r = decode_json(line.to_string().as_bytes()).unwrap();
+            prop_assert_eq!(r.ts, ts);
+            prop_assert_eq!(r.value, value);
+            prop_assert_eq!(r.sensor_id, sensor);
+        }
+    }
+}
