@@ -13,11 +13,16 @@ pub mod anomaly;
 pub mod dead_letter;
 pub mod decode;
 pub mod event_id;
+pub mod fault;
+pub mod ingest;
+pub mod output;
 pub mod reading;
 pub mod time;
 
 pub use anomaly::{Anomaly, ScoredReading, Severity};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
+pub use ingest::{Accepted, Ingested, RawRef, Watermark};
+pub use output::{OutputKind, OutputLine};
 pub use reading::{Origin, Reading};
 
 /// Event time: milliseconds since the Unix epoch. This is also the timely timestamp.

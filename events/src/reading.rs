@@ -23,13 +23,13 @@ pub struct Reading {
     pub sensor_id: String,
     /// The asset; defaults to `sensor_id` up to its last `/`.
     pub asset_id: String,
-    /// Event time, epoch milliseconds.
-    #[serde(serialize_with = "crate::time::serialize_rfc3339", deserialize_with = "crate::time::deserialize_event_time")]
+    /// Event time, epoch milliseconds. Serialized as a plain integer: this type crosses
+    /// process boundaries in bincode, which needs a fixed shape (use [`Reading::to_contract_json`]
+    /// for the contract's text form).
     pub ts: EventTime,
     /// A finite measurement.
     pub value: f64,
     /// Engineering unit, when the producer sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
 }
 
@@ -48,6 +48,28 @@ impl Reading {
     pub fn duplicate_key(&self) -> (EventTime, u64) {
         (self.ts, self.value.to_bits())
     }
+
+    /// The reading as one line of the input contract, with an RFC 3339 `ts`.
+    pub fn to_contract_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Contract<'a> {
+            sensor_id: &'a str,
+            asset_id: &'a str,
+            #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+            ts: EventTime,
+            value: f64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            unit: Option<&'a str>,
+        }
+        serde_json::to_string(&Contract {
+            sensor_id: &self.sensor_id,
+            asset_id: &self.asset_id,
+            ts: self.ts,
+            value: self.value,
+            unit: self.unit.as_deref(),
+        })
+        .expect("a reading always serializes")
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +82,19 @@ mod tests {
         assert_eq!(Reading::default_asset_id("plant/line1/pump/temp"), "plant/line1/pump");
         assert_eq!(Reading::default_asset_id("lonely"), "lonely");
         assert_eq!(Reading::default_asset_id("/leading"), "/leading");
+    }
+
+    #[test]
+    fn contract_json_decodes_back_to_the_same_reading() {
+        let r = Reading {
+            sensor_id: "p/t".into(),
+            asset_id: "p".into(),
+            ts: 1_772_323_200_001,
+            value: -3.25,
+            unit: Some("degC".into()),
+        };
+        let line = r.to_contract_json();
+        assert_eq!(line, r#"{"sensor_id":"p/t","asset_id":"p","ts":"2026-03-01T00:00:00.001Z","value":-3.25,"unit":"degC"}"#);
+        assert_eq!(crate::decode::decode_json(line.as_bytes()).unwrap(), r);
     }
 }

@@ -1,0 +1,305 @@
+//! The `file:PATH` source: JSON lines, or CSV with a header.
+//!
+//! The file is memory-mapped and cut into chunks of about [`CHUNK_BYTES`] at line boundaries.
+//! Chunk `c` belongs to global worker `c % peers`, so every worker of every process reads its
+//! share, and the workers advance through the file side by side (the frontier moves steadily
+//! instead of waiting for one worker to finish a contiguous half).
+//!
+//! Lateness and line numbers are defined by file order, as if one reader read the whole file:
+//! a reading is late when it is older than the largest earlier timestamp in the file less the
+//! allowed lateness. Each worker decodes its chunks alone, publishes a [`ChunkSummary`] (line
+//! count, largest timestamp) to every worker, and classifies a chunk once the summaries of all
+//! earlier chunks are in. The result is independent of the number of workers and processes.
+
+mod source;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use millstream_events::decode::{decode_json, trim_line_end, CsvHeader, CsvHeaderError};
+use millstream_events::{DeadLetter, EventTime, Origin, RawRef, Reading, Rejection, SourceLocation};
+use serde::{Deserialize, Serialize};
+
+pub use source::file_source;
+
+/// Target chunk size. Large enough to amortise per-batch work, small enough that workers
+/// interleave finely and little is buffered ahead of the frontier.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Errors opening a file source; all are fatal at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum FileSourceError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot map {path} into memory: {source}")]
+    Map { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Header { path: PathBuf, source: CsvHeaderError },
+}
+
+/// The record format, decided from the extension and the first line.
+#[derive(Debug, Clone)]
+pub enum Format {
+    JsonLines,
+    /// CSV; the header is line 1 and is not a record.
+    Csv(CsvHeader),
+}
+
+/// An opened input file, shared (read-only) by every worker of a process.
+pub struct FileInput {
+    path: PathBuf,
+    display_name: String,
+    map: Option<Mmap>,
+    format: Format,
+    /// Byte offset where each chunk starts; chunk `i` ends where chunk `i + 1` starts.
+    chunk_starts: Vec<usize>,
+}
+
+impl std::fmt::Debug for FileInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileInput")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("chunks", &self.chunk_starts.len())
+            .finish()
+    }
+}
+
+/// One decoded record of a chunk, before file-order classification.
+#[derive(Debug, Clone)]
+pub(crate) enum ChunkRecord {
+    Reading { reading: Reading, line_in_chunk: u64, raw: RawRef },
+    Rejected { rejection: Rejection, line_in_chunk: u64, raw: String },
+}
+
+/// What every worker must know about a chunk to classify later chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSummary {
+    pub chunk: u64,
+    pub lines: u64,
+    pub max_ts: Option<EventTime>,
+}
+
+impl FileInput {
+    /// Opens and maps `path`, detects the format and plans the chunks.
+    pub fn open(path: &Path) -> Result<Arc<Self>, FileSourceError> {
+        Self::open_with_chunk_size(path, CHUNK_BYTES)
+    }
+
+    pub fn open_with_chunk_size(path: &Path, chunk_bytes: usize) -> Result<Arc<Self>, FileSourceError> {
+        let file = File::open(path).map_err(|source| FileSourceError::Open { path: path.into(), source })?;
+        let len = file.metadata().map_err(|source| FileSourceError::Open { path: path.into(), source })?.len();
+        // A zero-length file cannot be mapped on every platform; it simply has no chunks.
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only; a file truncated underneath a running source is
+            // outside what a file source supports (as with every mmap reader).
+            Some(unsafe { Mmap::map(&file) }.map_err(|source| FileSourceError::Map { path: path.into(), source })?)
+        };
+        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let format = detect_format(path, bytes).map_err(|source| FileSourceError::Header { path: path.into(), source })?;
+        let chunk_starts = plan_chunks(bytes, chunk_bytes.max(1));
+        Ok(Arc::new(FileInput {
+            display_name: path.display().to_string(),
+            path: path.into(),
+            map,
+            format,
+            chunk_starts,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> &Format {
+        &self.format
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.chunk_starts.len() as u64
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    fn chunk_bytes(&self, chunk: u64) -> (usize, &[u8]) {
+        let c = chunk as usize;
+        let start = self.chunk_starts[c];
+        let end = self.chunk_starts.get(c + 1).copied().unwrap_or(self.bytes().len());
+        (start, &self.bytes()[start..end])
+    }
+
+    /// Decodes one chunk; `csv` is this worker's copy of the header (it holds parse buffers).
+    pub(crate) fn decode_chunk(&self, chunk: u64, csv: &mut Option<CsvHeader>) -> (ChunkSummary, Vec<ChunkRecord>) {
+        let (start, bytes) = self.chunk_bytes(chunk);
+        let mut records = Vec::with_capacity(bytes.len() / 64);
+        let mut max_ts: Option<EventTime> = None;
+        let mut lines = 0u64;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i + 1);
+            let line = trim_line_end(&bytes[pos..end]);
+            let line_in_chunk = lines;
+            lines += 1;
+            let is_header = chunk == 0 && pos == 0 && csv.is_some();
+            if !is_header {
+                let decoded = match csv {
+                    Some(header) => header.decode(line),
+                    None => decode_json(line),
+                };
+                match decoded {
+                    Ok(reading) => {
+                        max_ts = Some(max_ts.map_or(reading.ts, |m| m.max(reading.ts)));
+                        let raw = RawRef { byte_offset: (start + pos) as u64, len: line.len() as u32 };
+                        records.push(ChunkRecord::Reading { reading, line_in_chunk, raw });
+                    }
+                    Err(rejection) => records.push(ChunkRecord::Rejected {
+                        rejection,
+                        line_in_chunk,
+                        raw: String::from_utf8_lossy(line).into_owned(),
+                    }),
+                }
+            }
+            pos = end;
+        }
+        (ChunkSummary { chunk, lines, max_ts }, records)
+    }
+
+    /// The original text of an accepted record.
+    pub fn raw_text(&self, raw: RawRef) -> String {
+        let start = raw.byte_offset as usize;
+        let end = start.saturating_add(raw.len as usize).min(self.bytes().len());
+        String::from_utf8_lossy(self.bytes().get(start..end).unwrap_or(&[])).into_owned()
+    }
+
+    /// Where an accepted record was read: `{"file": …, "line": N}`.
+    pub fn location(&self, origin: Origin) -> SourceLocation {
+        SourceLocation::File { file: self.display_name.clone(), line: origin.offset }
+    }
+
+    pub(crate) fn dead_letter(&self, rejection: Rejection, line: u64, raw: String) -> DeadLetter {
+        DeadLetter {
+            reason: rejection.reason,
+            detail: rejection.detail,
+            raw,
+            source: SourceLocation::File { file: self.display_name.clone(), line },
+        }
+    }
+
+    /// A fresh copy of the CSV header (with its own parse buffers) for one worker.
+    pub(crate) fn csv_header(&self) -> Option<CsvHeader> {
+        match &self.format {
+            Format::Csv(header) => Some(header.clone()),
+            Format::JsonLines => None,
+        }
+    }
+}
+
+/// `.csv` files, and files whose first line is not a JSON object but is a CSV header naming
+/// the contract's columns, are CSV; everything else is JSON lines.
+fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, CsvHeaderError> {
+    let first_line_end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
+    let first_line = trim_line_end(&bytes[..first_line_end]);
+    let is_csv_extension = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let looks_like_json = first_line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_csv_extension {
+        return CsvHeader::parse(first_line).map(Format::Csv);
+    }
+    if !looks_like_json && !first_line.is_empty() {
+        if let Ok(header) = CsvHeader::parse(first_line) {
+            return Ok(Format::Csv(header));
+        }
+    }
+    Ok(Format::JsonLines)
+}
+
+/// Chunk starts: every `chunk_bytes`, moved forward to the start of the next line.
+fn plan_chunks(bytes: &[u8], chunk_bytes: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut start = 0usize;
+    while start < bytes.len() {
+        starts.push(start);
+        let target = start + chunk_bytes;
+        if target >= bytes.len() {
+            break;
+        }
+        start = match memchr::memchr(b'\n', &bytes[target - 1..]) {
+            Some(i) => target - 1 + i + 1,
+            None => bytes.len(),
+        };
+    }
+    starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("millstream-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        path
+    }
+
+    #[test]
+    fn chunks_cover_the_file_at_line_starts() {
+        let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        for size in [1, 7, 64, 1000, 100_000] {
+            let starts = plan_chunks(text.as_bytes(), size);
+            assert_eq!(starts[0], 0);
+            for w in starts.windows(2) {
+                assert!(w[0] < w[1]);
+                assert_eq!(text.as_bytes()[w[1] - 1], b'\n');
+            }
+        }
+        assert!(plan_chunks(b"", 10).is_empty());
+    }
+
+    #[test]
+    fn lines_are_counted_across_chunks_and_csv_header_skipped() {
+        let path = write_temp("t.csv", "sensor_id,ts,value\na/b,1,2\na/b,2,x\n\na/b,3,4");
+        let input = FileInput::open_with_chunk_size(&path, 8).unwrap();
+        let mut csv = input.csv_header();
+        let mut lines = 0;
+        let mut accepted = 0;
+        let mut rejected = 0;
+        for c in 0..input.chunk_count() {
+            let (summary, records) = input.decode_chunk(c, &mut csv);
+            lines += summary.lines;
+            for r in records {
+                match r {
+                    ChunkRecord::Reading { .. } => accepted += 1,
+                    ChunkRecord::Rejected { .. } => rejected += 1,
+                }
+            }
+        }
+        assert_eq!(lines, 5);
+        assert_eq!((accepted, rejected), (2, 2));
+    }
+
+    #[test]
+    fn json_is_detected_and_raw_text_recovered() {
+        let path = write_temp("t.jsonl", "{\"sensor_id\":\"a\",\"ts\":5,\"value\":1}\r\n");
+        let input = FileInput::open(&path).unwrap();
+        assert!(matches!(input.format(), Format::JsonLines));
+        let (summary, records) = input.decode_chunk(0, &mut None);
+        assert_eq!(summary.max_ts, Some(5));
+        let ChunkRecord::Reading { raw, .. } = &records[0] else { panic!("not accepted") };
+        assert_eq!(input.raw_text(*raw), "{\"sensor_id\":\"a\",\"ts\":5,\"value\":1}");
+    }
+
+    #[test]
+    fn csv_without_required_columns_is_refused() {
+        let path = write_temp("bad.csv", "a,b,c\n1,2,3\n");
+        let err = FileInput::open(&path).unwrap_err().to_string();
+        assert!(err.contains("sensor_id"), "{err}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The timely operators of the file source: decode (per worker, its own chunks) and classify
+//! (file-order lateness and line numbers, from every worker's chunk summaries).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use millstream_events::{Accepted, EventTime, Ingested, Origin, Watermark};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, Stream};
+
+use super::{ChunkRecord, ChunkSummary, FileInput};
+
+/// Output of the decode stage: a worker's decoded chunk, or the summary every worker needs.
+#[derive(Debug, Clone)]
+enum Decoded {
+    Batch { chunk: u64, records: Vec<ChunkRecord> },
+    Summary(ChunkSummary),
+}
+
+/// Reads `input` on every worker and returns its records, each stamped with a deterministic
+/// event time: an on-time reading at its own `ts`, a late reading or a dead letter at the
+/// file-order watermark where it was read.
+pub fn file_source<'scope>(
+    scope: Scope<'scope, EventTime>,
+    input: Arc<FileInput>,
+    allowed_lateness_ms: u64,
+) -> Stream<'scope, EventTime, Vec<Ingested>> {
+    let decoded = decode_stage(scope, Arc::clone(&input), allowed_lateness_ms);
+    let (summaries, batches) = decoded.ok_err::<Vec<_>, _, Vec<_>, _, _>(|d| match d {
+        Decoded::Summary(s) => Ok(s),
+        Decoded::Batch { chunk, records } => Err((chunk, records)),
+    });
+    classify_stage(batches, summaries.broadcast(), input, allowed_lateness_ms)
+}
+
+fn decode_stage<'scope>(
+    scope: Scope<'scope, EventTime>,
+    input: Arc<FileInput>,
+    allowed_lateness_ms: u64,
+) -> Stream<'scope, EventTime, Vec<Decoded>> {
+    let (index, peers) = (scope.index() as u64, scope.peers() as u64);
+    source(scope, "FileDecode", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = Some(capability);
+        let mut next_chunk = index;
+        let mut csv = input.csv_header();
+        // Largest timestamp in this worker's chunks so far: a lower bound for the file-order
+        // watermark of every later chunk, so it is safe to hold time back only this far.
+        let mut local = Watermark::new(allowed_lateness_ms);
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            if next_chunk >= input.chunk_count() {
+                capability = None;
+                return;
+            }
+            let (summary, records) = input.decode_chunk(next_chunk, &mut csv);
+            {
+                let mut session = output.session(&*cap);
+                session.give(Decoded::Batch { chunk: next_chunk, records });
+                session.give(Decoded::Summary(summary));
+            }
+            if let Some(max) = summary.max_ts {
+                local.observe(max);
+            }
+            cap.downgrade(&local.time());
+            next_chunk += peers;
+            activator.activate();
+        }
+    })
+}
+
+/// Per-chunk prefix: lines and largest timestamp of all earlier chunks.
+#[derive(Debug, Clone, Copy)]
+struct Prefix {
+    lines_before: u64,
+    max_before: Option<EventTime>,
+}
+
+fn classify_stage<'scope>(
+    batches: Stream<'scope, EventTime, Vec<(u64, Vec<ChunkRecord>)>>,
+    summaries: Stream<'scope, EventTime, Vec<ChunkSummary>>,
+    input: Arc<FileInput>,
+    allowed_lateness_ms: u64,
+) -> Stream<'scope, EventTime, Vec<Ingested>> {
+    batches.binary_frontier(summaries, Pipeline, Pipeline, "FileClassify", move |_, _| {
+        let mut pending: BTreeMap<u64, (Capability<EventTime>, Vec<ChunkRecord>)> = BTreeMap::new();
+        let mut unfolded: BTreeMap<u64, ChunkSummary> = BTreeMap::new();
+        let mut folded = Prefix { lines_before: 0, max_before: None };
+        let mut next_to_fold = 0u64;
+        let mut prefixes: BTreeMap<u64, Prefix> = BTreeMap::new();
+        move |(batch_input, _), (summary_input, _), output| {
+            batch_input.for_each(|cap, data| {
+                let cap = cap.retain_least(0).expect("a batch has a time");
+                for (chunk, records) in data.drain(..) {
+                    pending.insert(chunk, (cap.clone(), records));
+                }
+            });
+            summary_input.for_each(|_, data| {
+                for summary in data.drain(..) {
+                    unfolded.insert(summary.chunk, summary);
+                }
+            });
+            while let Some(summary) = unfolded.remove(&next_to_fold) {
+                prefixes.insert(summary.chunk, folded);
+                folded.lines_before += summary.lines;
+                folded.max_before = match (folded.max_before, summary.max_ts) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                next_to_fold += 1;
+            }
+            while let Some(entry) = pending.first_entry() {
+                let chunk = *entry.key();
+                let Some(prefix) = prefixes.remove(&chunk) else { break };
+                let (cap, records) = entry.remove();
+                let mut watermark = Watermark::resume(prefix.max_before, allowed_lateness_ms);
+                let mut run_time = None;
+                let mut run: Vec<Ingested> = Vec::new();
+                for record in records {
+                    let (time, item) = classify(record, prefix, &mut watermark, *cap.time(), &input);
+                    if run_time != Some(time) {
+                        if let Some(t) = run_time {
+                            output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
+                        }
+                        run_time = Some(time);
+                    }
+                    run.push(item);
+                }
+                if let Some(t) = run_time {
+                    output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
+                }
+            }
+        }
+    })
+}
+
+/// Decides a record's lateness and event time from the file-order watermark.
+fn classify(
+    record: ChunkRecord,
+    prefix: Prefix,
+    watermark: &mut Watermark,
+    batch_time: EventTime,
+    input: &FileInput,
+) -> (EventTime, Ingested) {
+    match record {
+        ChunkRecord::Reading { reading, line_in_chunk, raw } => {
+            let late = watermark.observe(reading.ts);
+            let time = if late { watermark.time().max(batch_time) } else { reading.ts };
+            let origin = Origin { stream: 0, offset: prefix.lines_before + line_in_chunk + 1 };
+            (time, Ingested::Accepted(Accepted { reading, origin, raw, late }))
+        }
+        ChunkRecord::Rejected { rejection, line_in_chunk, raw } => {
+            let line = prefix.lines_before + line_in_chunk + 1;
+            (watermark.time().max(batch_time), Ingested::Rejected(input.dead_letter(rejection, line, raw)))
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `millstream bench`: end-to-end throughput of file → null at 1 and 2 workers, against a
+//! hand-written single loop doing the same decode + validate + score work with no timely.
+//!
+//! Every measurement is a fresh child process (so peak RSS is per configuration), and the
+//! configurations are interleaved over the repetitions so that machine noise hits them alike.
+//! Figures are ratios within one run: absolute rates on a shared machine mean little.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use millstream_connectors::simulate::{Simulator, SimulatorConfig};
+use millstream_connectors::simulate::SimPayload;
+use millstream_events::decode::{decode_json, trim_line_end};
+use millstream_events::event_id::event_id;
+use millstream_events::{Anomaly, DeadLetter, Reason, SourceLocation, Watermark};
+use millstream_operators::detector::{explain, RobustZ};
+use millstream_operators::sensor::{Outcome, SensorState};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::PipelineConfig;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Readings in the generated input file.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub readings: u64,
+    /// Repetitions of each configuration (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Where to write the input file (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// What the hand-written loop computed, so the bench can check it did the same work.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoopReport {
+    pub lines: u64,
+    pub scored: u64,
+    pub anomalies: u64,
+    pub dead_letters: u64,
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchArgs { readings, repeat, dir } = args;
+    let temp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            temp.path().to_owned()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bench-readings.jsonl");
+    let (lines, bytes) = write_input(&path, readings)?;
+    println!("input: {lines} readings, {:.1} MB ({:.0} bytes/reading), {}", bytes as f64 / 1e6, bytes as f64 / lines as f64, path.display());
+
+    let exe = std::env::current_exe().context("cannot find the millstream executable")?;
+    let file_arg = format!("file:{}", path.display());
+    let configs: Vec<(&str, Vec<String>)> = vec![
+        ("hand-written loop", vec!["bench-loop".into(), path.display().to_string()]),
+        ("dataflow, 1 worker", vec!["run".into(), "--source".into(), file_arg.clone(), "--sink".into(), "null".into(), "--workers".into(), "1".into()]),
+        ("dataflow, 2 workers", vec!["run".into(), "--source".into(), file_arg.clone(), "--sink".into(), "null".into(), "--workers".into(), "2".into()]),
+    ];
+    let mut samples: Vec<Vec<(f64, u64)>> = vec![Vec::new(); configs.len()];
+    for round in 0..repeat.max(1) {
+        for (i, (name, argv)) in configs.iter().enumerate() {
+            let (secs, rss_kb) = time_child(&exe, argv).with_context(|| format!("{name} failed"))?;
+            eprintln!("round {}: {name}: {:.3} s, {:.0} k readings/s, peak RSS {} MB", round + 1, secs, lines as f64 / secs / 1e3, rss_kb / 1024);
+            samples[i].push((secs, rss_kb));
+        }
+    }
+    let medians: Vec<(f64, u64)> = samples
+        .iter()
+        .map(|s| {
+            let mut t: Vec<f64> = s.iter().map(|x| x.0).collect();
+            t.sort_by(f64::total_cmp);
+            (t[t.len() / 2], s.iter().map(|x| x.1).max().unwrap_or(0))
+        })
+        .collect();
+    println!("\n{:<22} {:>14} {:>12} {:>14}", "configuration", "readings/s", "ratio", "peak RSS MB");
+    let base = medians[0].0;
+    for ((name, _), (secs, rss)) in configs.iter().zip(&medians) {
+        println!("{:<22} {:>14.0} {:>11.2}x {:>14}", name, lines as f64 / secs, base / secs, rss / 1024);
+    }
+    println!(
+        "\n1 worker / loop = {:.2} (target ≥ 0.80); 2 workers / 1 worker = {:.2} (target ≥ 1.80); medians of {repeat}",
+        base / medians[1].0,
+        medians[1].0 / medians[2].0
+    );
+    Ok(())
+}
+
+/// Writes `readings` simulated readings (no faults) as contract JSON lines.
+fn write_input(path: &Path, readings: u64) -> anyhow::Result<(u64, u64)> {
+    let assets = 40u32;
+    let steps = readings.div_ceil(assets as u64 * 5);
+    let sim = Simulator::new(SimulatorConfig { assets, steps, inject_faults: false, delivery_faults: false, ..Default::default() });
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut streams: Vec<_> = (0..assets).map(|a| sim.asset_stream(a).peekable()).collect();
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    // Interleave assets step by step, as a plant's readings arrive.
+    'outer: loop {
+        let mut any = false;
+        for stream in streams.iter_mut() {
+            for _ in 0..5 {
+                let Some(record) = stream.next() else { break };
+                any = true;
+                if let SimPayload::Reading(r) = record.payload {
+                    let line = r.to_contract_json();
+                    out.write_all(line.as_bytes())?;
+                    out.write_all(b"\n")?;
+                    lines += 1;
+                    bytes += line.len() as u64 + 1;
+                    if lines == readings {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok((lines, bytes))
+}
+
+/// Runs a child to completion; returns wall seconds and its peak RSS in KiB.
+fn time_child(exe: &Path, argv: &[String]) -> anyhow::Result<(f64, u64)> {
+    let started = Instant::now();
+    let child = Command::new(exe).args(argv).stdout(std::process::Stdio::null()).spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain libc call on our own child; rusage is fully written on success.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    if rc != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("child exited with status {status}");
+    }
+    std::mem::forget(child);
+    Ok((secs, usage.ru_maxrss as u64))
+}
+
+/// The same work as the dataflow, in one loop: decode, file-order lateness, duplicates,
+/// robust scoring, and rendering of anomalies and dead letters (then discarded, like `null`).
+pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
+    let config = PipelineConfig::default();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: read-only map of a file this process does not modify.
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
+    let mut watermark = Watermark::new(config.allowed_lateness_ms);
+    let mut index: FxHashMap<String, u32> = FxHashMap::default();
+    let mut sensors: Vec<SensorState> = Vec::new();
+    let mut report = LoopReport { lines: 0, scored: 0, anomalies: 0, dead_letters: 0 };
+    let mut rendered = 0usize;
+    let bytes: &[u8] = &map;
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i + 1);
+        let line = trim_line_end(&bytes[pos..end]);
+        pos = end;
+        report.lines += 1;
+        let reading = match decode_json(line) {
+            Ok(r) => r,
+            Err(rejection) => {
+                report.dead_letters += 1;
+                let dead = DeadLetter {
+                    reason: rejection.reason,
+                    detail: rejection.detail,
+                    raw: String::from_utf8_lossy(line).into_owned(),
+                    source: SourceLocation::File { file: path.display().to_string(), line: report.lines },
+                };
+                rendered += serde_json::to_string(&dead)?.len();
+                continue;
+            }
+        };
+        let late = watermark.observe(reading.ts);
+        let slot = match index.get(reading.sensor_id.as_str()) {
+            Some(&s) => s,
+            None => {
+                index.insert(reading.sensor_id.clone(), sensors.len() as u32);
+                sensors.push(SensorState::default());
+                sensors.len() as u32 - 1
+            }
+        };
+        match sensors[slot as usize].process(reading.ts, reading.value, late, config.late_policy, &config.detector) {
+            Outcome::Scored(verdict) => {
+                report.scored += 1;
+                if let Some(severity) = verdict.severity {
+                    report.anomalies += 1;
+                    let anomaly = Anomaly {
+                        event_id: event_id("anomaly", RobustZ::NAME, &reading.sensor_id, reading.ts),
+                        sensor_id: reading.sensor_id.clone(),
+                        asset_id: reading.asset_id.clone(),
+                        ts: reading.ts,
+                        value: reading.value,
+                        score: verdict.score,
+                        severity,
+                        detector: RobustZ::NAME.to_owned(),
+                        model_version: None,
+                        explanation: Some(explain(&verdict, reading.value)),
+                    };
+                    rendered += serde_json::to_string(&anomaly)?.len();
+                }
+            }
+            Outcome::LateKept => {}
+            Outcome::Rejected(reason) => {
+                report.dead_letters += 1;
+                rendered += reason.as_str().len();
+                let _: Reason = reason;
+            }
+        }
+    }
+    std::hint::black_box(rendered);
+    Ok(report)
+}

@@ -1,0 +1,55 @@
+//! The dataflow, as built on every worker: source → (dead letters | exchange by sensor →
+//! validate + score) → sinks.
+
+use std::sync::Arc;
+
+use millstream_connectors::file::file_source;
+use millstream_connectors::plant_source::simulator_source;
+use millstream_events::{EventTime, Ingested};
+use millstream_sinks::{JsonlSink, LineSink, SinkSpec, StdoutSink};
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concat, Probe};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::score::{render_dead_letter, score_readings, ScoreContext};
+use crate::source::OpenedSource;
+
+/// Builds the graph into `scope`; the probe passes a time once every sink has written it.
+pub fn build<'scope>(
+    scope: Scope<'scope, EventTime>,
+    source: &OpenedSource,
+    sinks: &[SinkSpec],
+    context: Arc<ScoreContext>,
+) -> ProbeHandle<EventTime> {
+    let lateness = context.config.allowed_lateness_ms;
+    let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
+        OpenedSource::File(input) => file_source(scope, Arc::clone(input), lateness),
+        OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), lateness),
+    };
+    let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
+    let stats = Arc::clone(&context.stats);
+    let decode_dead_letters = rejected.map(move |dead| {
+        stats.dead_letter(dead.reason);
+        render_dead_letter(&dead)
+    });
+    let lines = score_readings(accepted, Arc::clone(&context)).concat(decode_dead_letters);
+
+    let probe = ProbeHandle::new();
+    for spec in sinks {
+        let written = match spec {
+            SinkSpec::Jsonl(dir) => {
+                let (dir, emit_scores) = (dir.clone(), context.config.emit_scores);
+                crate::sink::write_lines(lines.clone(), &format!("jsonl:{}", dir.display()), move || {
+                    JsonlSink::create(&dir, emit_scores).map(|s| Box::new(s) as Box<dyn LineSink>)
+                })
+            }
+            SinkSpec::Stdout => crate::sink::write_lines(lines.clone(), "stdout", || {
+                Ok(Box::new(StdoutSink::default()) as Box<dyn LineSink>)
+            }),
+            SinkSpec::Null => crate::sink::discard_lines(lines.clone()),
+        };
+        written.probe_with(&probe);
+    }
+    probe
+}

@@ -1,0 +1,16 @@
+//! The millstream processor: the dataflow built from the command line and config, the timely
+//! cluster it runs on, and the commands (`run`, `demo`, `bench`).
+//!
+//! This is the only crate that knows every other: sources from `millstream-connectors`,
+//! per-sensor logic from `millstream-operators`, writers from `millstream-sinks`, all speaking
+//! `millstream-events`.
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod graph;
+pub mod run;
+pub mod score;
+pub mod sink;
+pub mod source;
+pub mod stats;

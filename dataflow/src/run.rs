@@ -1,0 +1,108 @@
+//! Running the dataflow on a timely cluster: one process or several, each with worker threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use millstream_sinks::SinkSpec;
+
+use crate::config::PipelineConfig;
+use crate::score::ScoreContext;
+use crate::source::{OpenedSource, SourceSpec};
+use crate::stats::RunStats;
+
+/// Where this process sits in a timely cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index, `0..processes`.
+    pub process: usize,
+    /// One `host:port` a line, for every process, in index order.
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { workers: 1, processes: 1, process: 0, hostfile: None }
+    }
+}
+
+impl ClusterOptions {
+    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        let ClusterOptions { workers, processes, process, hostfile } = self;
+        if *workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        let communication = if *processes > 1 {
+            if process >= processes {
+                bail!("--process {process} is out of range for --processes {processes}");
+            }
+            let Some(hostfile) = hostfile else { bail!("--processes {processes} needs --hostfile") };
+            let text = std::fs::read_to_string(hostfile)
+                .with_context(|| format!("cannot read hostfile {}", hostfile.display()))?;
+            let addresses: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+            if addresses.len() < *processes {
+                bail!("hostfile {} lists {} addresses, --processes is {processes}", hostfile.display(), addresses.len());
+            }
+            timely::CommunicationConfig::Cluster {
+                threads: *workers,
+                process: *process,
+                addresses: addresses[..*processes].to_vec(),
+                report: false,
+                zerocopy: false,
+            }
+        } else if *workers > 1 {
+            timely::CommunicationConfig::Process(*workers)
+        } else {
+            timely::CommunicationConfig::Thread
+        };
+        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    }
+}
+
+/// A `run`: what to read, where to write, how to compute, on which cluster.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub source: SourceSpec,
+    pub sinks: Vec<SinkSpec>,
+    pub pipeline: PipelineConfig,
+    pub cluster: ClusterOptions,
+}
+
+/// What a finished run did in this process.
+#[derive(Debug)]
+pub struct RunReport {
+    pub stats: Arc<RunStats>,
+    pub elapsed: Duration,
+}
+
+/// Runs `plan` to completion (a finite source) and returns this process's counters.
+/// `stats` is shared so that a caller can watch progress while it runs.
+pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
+    let RunPlan { source, sinks, pipeline, cluster } = plan;
+    if sinks.is_empty() {
+        bail!("at least one --sink is needed (jsonl:DIR, stdout or null)");
+    }
+    let timely_config = cluster.timely_config()?;
+    let opened = OpenedSource::open(&source)?;
+    let context = Arc::new(ScoreContext { config: pipeline, resolver: opened.resolver(), stats: Arc::clone(&stats) });
+    let started = Instant::now();
+    let guards = timely::execute(timely_config, move |worker| {
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            crate::graph::build(scope, &opened, &sinks, Arc::clone(&context))
+        });
+        while !probe.done() {
+            worker.step_or_park(None);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
+    for result in guards.join() {
+        result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+    }
+    Ok(RunReport { stats, elapsed: started.elapsed() })
+}

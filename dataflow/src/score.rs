@@ -1,0 +1,161 @@
+//! The per-sensor stage: readings exchanged by `sensor_id`, buffered until the frontier
+//! passes their time, then validated (duplicates, late policy) and scored in event-time order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use millstream_connectors::RecordResolver;
+use millstream_events::event_id::event_id;
+use millstream_events::{
+    Accepted, Anomaly, DeadLetter, EventTime, OutputKind, OutputLine, Reason, ScoredReading,
+};
+use millstream_operators::detector::{explain, RobustZ};
+use millstream_operators::sensor::{Outcome, SensorState};
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::config::PipelineConfig;
+use crate::stats::RunStats;
+
+/// Everything the stage needs besides its input.
+pub struct ScoreContext {
+    pub config: PipelineConfig,
+    pub resolver: Arc<dyn RecordResolver>,
+    pub stats: Arc<RunStats>,
+}
+
+/// Routes a sensor to a worker; a fixed hash, so every process agrees.
+pub fn sensor_route(sensor_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(sensor_id.as_bytes())
+}
+
+pub fn score_readings<'scope>(
+    accepted: Stream<'scope, EventTime, Vec<Accepted>>,
+    context: Arc<ScoreContext>,
+) -> Stream<'scope, EventTime, Vec<OutputLine>> {
+    let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
+    accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
+        let mut sensor_index: FxHashMap<String, u32> = FxHashMap::default();
+        let mut sensors: Vec<SensorState> = Vec::new();
+        let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
+        let mut capability: Option<Capability<EventTime>> = None;
+        let mut lines = Vec::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                    capability = cap.retain_least(0);
+                }
+                let bucket = pending.entry(time).or_default();
+                for accepted in data.drain(..) {
+                    let index = match sensor_index.get(accepted.reading.sensor_id.as_str()) {
+                        Some(&i) => i,
+                        None => {
+                            let i = sensors.len() as u32;
+                            sensor_index.insert(accepted.reading.sensor_id.clone(), i);
+                            sensors.push(SensorState::default());
+                            i
+                        }
+                    };
+                    bucket.push((index, accepted));
+                }
+            });
+            let Some(cap) = capability.as_mut() else { return };
+            let frontier = frontier.frontier();
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                let mut group = entry.remove();
+                // Per sensor, by event time, ties by where the reading was read: the first copy
+                // of an exact repeat is the one kept.
+                group.sort_unstable_by_key(|(i, a)| (*i, a.reading.ts, a.origin));
+                context.stats.readings.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                for (index, accepted) in group {
+                    process(&mut sensors[index as usize], accepted, time, &context, &mut lines);
+                }
+                if !lines.is_empty() {
+                    output.session(&cap.delayed(&time)).give_iterator(lines.drain(..));
+                }
+            }
+            match pending.first_key_value() {
+                Some((&time, _)) => cap.downgrade(&time),
+                None => capability = None,
+            }
+        }
+    })
+}
+
+fn process(state: &mut SensorState, accepted: Accepted, time: EventTime, context: &ScoreContext, lines: &mut Vec<OutputLine>) {
+    let config = &context.config;
+    let reading = &accepted.reading;
+    let outcome = state.process(reading.ts, reading.value, accepted.late, config.late_policy, &config.detector);
+    match outcome {
+        Outcome::Scored(verdict) => {
+            RunStats::add(&context.stats.scored, 1);
+            if config.emit_scores {
+                lines.push(render_score(&accepted, verdict.score, false));
+            }
+            if let Some(severity) = verdict.severity {
+                RunStats::add(&context.stats.anomalies, 1);
+                let anomaly = Anomaly {
+                    event_id: event_id("anomaly", RobustZ::NAME, &reading.sensor_id, reading.ts),
+                    sensor_id: reading.sensor_id.clone(),
+                    asset_id: reading.asset_id.clone(),
+                    ts: reading.ts,
+                    value: reading.value,
+                    score: verdict.score,
+                    severity,
+                    detector: RobustZ::NAME.to_owned(),
+                    model_version: None,
+                    explanation: Some(explain(&verdict, reading.value)),
+                };
+                lines.push(OutputLine { kind: OutputKind::Anomaly, json: to_json(&anomaly) });
+            }
+        }
+        Outcome::LateKept => {
+            RunStats::add(&context.stats.late_kept, 1);
+            if config.emit_scores {
+                lines.push(render_score(&accepted, 0.0, true));
+            }
+        }
+        Outcome::Rejected(reason) => {
+            context.stats.dead_letter(reason);
+            let detail = match reason {
+                Reason::Duplicate => "exact repeat of an earlier reading (same sensor_id, ts and value)".to_owned(),
+                Reason::Late => format!(
+                    "ts {} is older than the watermark {} (allowed lateness {} ms)",
+                    millstream_events::time::format_rfc3339_millis(reading.ts),
+                    millstream_events::time::format_rfc3339_millis(time),
+                    config.allowed_lateness_ms
+                ),
+                other => other.as_str().to_owned(),
+            };
+            let dead = DeadLetter {
+                reason,
+                detail,
+                raw: context.resolver.raw_text(&accepted),
+                source: context.resolver.location(&accepted),
+            };
+            lines.push(render_dead_letter(&dead));
+        }
+    }
+}
+
+fn render_score(accepted: &Accepted, score: f64, late: bool) -> OutputLine {
+    let r = &accepted.reading;
+    let scored = ScoredReading { sensor_id: r.sensor_id.clone(), ts: r.ts, value: r.value, score, late };
+    OutputLine { kind: OutputKind::Score, json: to_json(&scored) }
+}
+
+pub fn render_dead_letter(dead: &DeadLetter) -> OutputLine {
+    OutputLine { kind: OutputKind::DeadLetter, json: to_json(dead) }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("output records always serialize")
+}

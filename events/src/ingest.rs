@@ -1,0 +1,99 @@
+//! What sources hand to the dataflow: an accepted reading with its provenance, or a dead letter.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeadLetter, EventTime, Origin, Reading};
+
+/// Where the original bytes of an accepted record can be found again, so that a later stage
+/// (duplicate or late handling) can dead-letter it with its raw text without every reading
+/// carrying a copy of its bytes. For files it is a byte range of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RawRef {
+    pub byte_offset: u64,
+    pub len: u32,
+}
+
+/// A reading that passed decoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub reading: Reading,
+    pub origin: Origin,
+    pub raw: RawRef,
+    /// Older than the source's watermark at the point it was read.
+    pub late: bool,
+}
+
+/// One record out of a source, stamped by the source with a deterministic event time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingested {
+    Accepted(Accepted),
+    Rejected(DeadLetter),
+}
+
+impl Ingested {
+    pub fn into_result(self) -> Result<Accepted, DeadLetter> {
+        match self {
+            Ingested::Accepted(a) => Ok(a),
+            Ingested::Rejected(d) => Err(d),
+        }
+    }
+}
+
+/// Allowed lateness arithmetic shared by every source: the watermark is the largest event
+/// time seen less the allowed lateness, and a record older than the watermark is late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Watermark {
+    max_seen: Option<EventTime>,
+    allowed_lateness_ms: u64,
+}
+
+impl Watermark {
+    pub fn new(allowed_lateness_ms: u64) -> Self {
+        Watermark { max_seen: None, allowed_lateness_ms }
+    }
+
+    /// Starts from the maximum of what came before (another chunk, another partition).
+    pub fn resume(max_seen: Option<EventTime>, allowed_lateness_ms: u64) -> Self {
+        Watermark { max_seen, allowed_lateness_ms }
+    }
+
+    /// The current watermark; 0 before anything was seen.
+    pub fn time(&self) -> EventTime {
+        self.max_seen.map_or(0, |m| m.saturating_sub(self.allowed_lateness_ms))
+    }
+
+    pub fn max_seen(&self) -> Option<EventTime> {
+        self.max_seen
+    }
+
+    /// Whether `ts` is older than the watermark.
+    pub fn is_late(&self, ts: EventTime) -> bool {
+        ts < self.time()
+    }
+
+    /// Records `ts`; returns whether it was late.
+    pub fn observe(&mut self, ts: EventTime) -> bool {
+        let late = self.is_late(ts);
+        if !late {
+            self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
+        }
+        late
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_within_lateness_is_not_late() {
+        let mut wm = Watermark::new(5_000);
+        assert!(!wm.observe(10_000));
+        assert!(!wm.observe(6_000));
+        assert!(!wm.observe(5_000));
+        assert!(wm.observe(4_999));
+        assert_eq!(wm.time(), 5_000);
+        assert!(!wm.observe(20_000));
+        assert_eq!(wm.time(), 15_000);
+    }
+}

@@ -1,0 +1,41 @@
+//! Rendered outputs on their way to the sinks.
+
+use serde::{Deserialize, Serialize};
+
+/// Which output file or topic a line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum OutputKind {
+    Anomaly,
+    DeadLetter,
+    Score,
+}
+
+impl OutputKind {
+    pub const ALL: [OutputKind; 3] = [OutputKind::Anomaly, OutputKind::DeadLetter, OutputKind::Score];
+
+    /// The file name in a `jsonl:DIR` sink.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            OutputKind::Anomaly => "anomalies.jsonl",
+            OutputKind::DeadLetter => "dead_letters.jsonl",
+            OutputKind::Score => "scores.jsonl",
+        }
+    }
+
+    /// The `kind` tag on the `stdout` sink.
+    pub fn tag(self) -> &'static str {
+        match self {
+            OutputKind::Anomaly => "anomaly",
+            OutputKind::DeadLetter => "dead_letter",
+            OutputKind::Score => "score",
+        }
+    }
+}
+
+/// One JSON object, rendered by the worker that produced it (so rendering runs in parallel)
+/// and written by the sink.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub kind: OutputKind,
+    pub json: String,
+}

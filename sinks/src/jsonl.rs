@@ -1,0 +1,60 @@
+//! The `jsonl:DIR` sink.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use millstream_events::OutputKind;
+
+use crate::LineSink;
+
+/// Writes `anomalies.jsonl`, `dead_letters.jsonl` and (with scores) `scores.jsonl` in a
+/// directory. Files are truncated at start: a run's files hold that run's output.
+pub struct JsonlSink {
+    dir: PathBuf,
+    files: Vec<(OutputKind, BufWriter<File>)>,
+}
+
+impl JsonlSink {
+    pub fn create(dir: &Path, emit_scores: bool) -> io::Result<Self> {
+        fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+        let mut files = Vec::new();
+        for kind in OutputKind::ALL {
+            if kind == OutputKind::Score && !emit_scores {
+                continue;
+            }
+            let path = dir.join(kind.file_name());
+            let file = File::create(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+            files.push((kind, BufWriter::with_capacity(1 << 20, file)));
+        }
+        Ok(JsonlSink { dir: dir.to_owned(), files })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl LineSink for JsonlSink {
+    fn write_line(&mut self, kind: OutputKind, json: &str) -> io::Result<()> {
+        if let Some((_, w)) = self.files.iter_mut().find(|(k, _)| *k == kind) {
+            w.write_all(json.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.files.iter_mut().try_for_each(|(_, w)| w.flush())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        for (_, w) in &mut self.files {
+            w.flush()?;
+            w.get_ref().sync_all()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! Parsing of `--sink` arguments.
+
+use std::path::PathBuf;
+
+/// A sink named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// `jsonl:DIR`: anomalies.jsonl, dead_letters.jsonl, scores.jsonl in DIR.
+    Jsonl(PathBuf),
+    /// `stdout`: every line, tagged with its kind.
+    Stdout,
+    /// `null`: discard (benchmarks).
+    Null,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkSpecError {
+    #[error("sink `jsonl:` needs a directory, as in jsonl:out/")]
+    MissingDirectory,
+    #[error("sink `{0}` is not supported yet (supported: jsonl:DIR, stdout, null)")]
+    NotYetSupported(String),
+    #[error("unknown sink `{0}` (expected jsonl:DIR, stdout, null, postgres://…, kafka://HOST:PORT)")]
+    Unknown(String),
+}
+
+impl std::str::FromStr for SinkSpec {
+    type Err = SinkSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(dir) = s.strip_prefix("jsonl:") {
+            if dir.is_empty() {
+                return Err(SinkSpecError::MissingDirectory);
+            }
+            return Ok(SinkSpec::Jsonl(PathBuf::from(dir)));
+        }
+        match s {
+            "stdout" => Ok(SinkSpec::Stdout),
+            "null" => Ok(SinkSpec::Null),
+            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") || s.starts_with("kafka://") => {
+                Err(SinkSpecError::NotYetSupported(s.split("://").next().unwrap_or(s).to_owned()))
+            }
+            _ => Err(SinkSpecError::Unknown(s.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_forms() {
+        assert_eq!("jsonl:out".parse(), Ok(SinkSpec::Jsonl("out".into())));
+        assert_eq!("stdout".parse(), Ok(SinkSpec::Stdout));
+        assert_eq!("null".parse(), Ok(SinkSpec::Null));
+        assert_eq!("jsonl:".parse::<SinkSpec>(), Err(SinkSpecError::MissingDirectory));
+        assert!(matches!("kafka://h:1".parse::<SinkSpec>(), Err(SinkSpecError::NotYetSupported(_))));
+        assert!(matches!("ftp".parse::<SinkSpec>(), Err(SinkSpecError::Unknown(_))));
+    }
+}
