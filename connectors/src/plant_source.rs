@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millstream_events::decode::decode_json;
-use millstream_events::{
-    Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, Reading, SourceLocation,
-};
+use millstream_events::{Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, Reading, SourceLocation};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
@@ -111,7 +109,8 @@ pub fn simulator_source<'scope>(
             .map(|a| (a, plant.simulator.asset_stream(a).peekable()))
             .collect();
         let per_step = (streams.len() * plant.simulator.sensors_per_asset()).max(1) as u64;
-        let steps_per_batch = if plant.realtime_speed.is_some() { 1 } else { (RECORDS_PER_BATCH / per_step).max(1) };
+        let steps_per_batch =
+            if plant.realtime_speed.is_some() { 1 } else { (RECORDS_PER_BATCH / per_step).max(1) };
         let mut now = config.start;
         let mut capability = Some(capability);
         if let Some(cap) = capability.as_mut() {
@@ -132,7 +131,14 @@ pub fn simulator_source<'scope>(
             let until = now + steps_per_batch * config.period_ms;
             for (asset, stream) in streams.iter_mut() {
                 while let Some(record) = stream.next_if(|r| r.delivered_at < until) {
-                    batch.push(stamp(&plant, *asset, record.delivered_at, record.seq, record.payload, allowed_lateness_ms));
+                    batch.push(stamp(
+                        &plant,
+                        *asset,
+                        record.delivered_at,
+                        record.seq,
+                        record.payload,
+                        allowed_lateness_ms,
+                    ));
                 }
             }
             batch.sort_by_key(|(time, _)| *time);

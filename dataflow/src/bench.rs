@@ -12,17 +12,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use millstream_connectors::simulate::{Simulator, SimulatorConfig};
 use millstream_connectors::simulate::SimPayload;
+use millstream_connectors::simulate::{Simulator, SimulatorConfig};
 use millstream_events::decode::{decode_json, trim_line_end};
-use millstream_events::event_id::event_id;
-use millstream_events::{Anomaly, DeadLetter, Reason, SourceLocation, Watermark};
-use millstream_operators::detector::{explain, RobustZ};
+use millstream_events::{DeadLetter, Reason, SourceLocation, Watermark};
 use millstream_operators::sensor::{Outcome, SensorState};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
+use crate::score::anomalies_of;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -59,20 +58,53 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("bench-readings.jsonl");
     let (lines, bytes) = write_input(&path, readings)?;
-    println!("input: {lines} readings, {:.1} MB ({:.0} bytes/reading), {}", bytes as f64 / 1e6, bytes as f64 / lines as f64, path.display());
+    println!(
+        "input: {lines} readings, {:.1} MB ({:.0} bytes/reading), {}",
+        bytes as f64 / 1e6,
+        bytes as f64 / lines as f64,
+        path.display()
+    );
 
     let exe = std::env::current_exe().context("cannot find the millstream executable")?;
     let file_arg = format!("file:{}", path.display());
     let configs: Vec<(&str, Vec<String>)> = vec![
         ("hand-written loop", vec!["bench-loop".into(), path.display().to_string()]),
-        ("dataflow, 1 worker", vec!["run".into(), "--source".into(), file_arg.clone(), "--sink".into(), "null".into(), "--workers".into(), "1".into()]),
-        ("dataflow, 2 workers", vec!["run".into(), "--source".into(), file_arg.clone(), "--sink".into(), "null".into(), "--workers".into(), "2".into()]),
+        (
+            "dataflow, 1 worker",
+            vec![
+                "run".into(),
+                "--source".into(),
+                file_arg.clone(),
+                "--sink".into(),
+                "null".into(),
+                "--workers".into(),
+                "1".into(),
+            ],
+        ),
+        (
+            "dataflow, 2 workers",
+            vec![
+                "run".into(),
+                "--source".into(),
+                file_arg.clone(),
+                "--sink".into(),
+                "null".into(),
+                "--workers".into(),
+                "2".into(),
+            ],
+        ),
     ];
     let mut samples: Vec<Vec<(f64, u64)>> = vec![Vec::new(); configs.len()];
     for round in 0..repeat.max(1) {
         for (i, (name, argv)) in configs.iter().enumerate() {
             let (secs, rss_kb) = time_child(&exe, argv).with_context(|| format!("{name} failed"))?;
-            eprintln!("round {}: {name}: {:.3} s, {:.0} k readings/s, peak RSS {} MB", round + 1, secs, lines as f64 / secs / 1e3, rss_kb / 1024);
+            eprintln!(
+                "round {}: {name}: {:.3} s, {:.0} k readings/s, peak RSS {} MB",
+                round + 1,
+                secs,
+                lines as f64 / secs / 1e3,
+                rss_kb / 1024
+            );
             samples[i].push((secs, rss_kb));
         }
     }
@@ -101,7 +133,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 fn write_input(path: &Path, readings: u64) -> anyhow::Result<(u64, u64)> {
     let assets = 40u32;
     let steps = readings.div_ceil(assets as u64 * 5);
-    let sim = Simulator::new(SimulatorConfig { assets, steps, inject_faults: false, delivery_faults: false, ..Default::default() });
+    let sim = Simulator::new(SimulatorConfig {
+        assets,
+        steps,
+        inject_faults: false,
+        delivery_faults: false,
+        ..Default::default()
+    });
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut streams: Vec<_> = (0..assets).map(|a| sim.asset_stream(a).peekable()).collect();
@@ -195,23 +233,18 @@ pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
                 sensors.len() as u32 - 1
             }
         };
-        match sensors[slot as usize].process(reading.ts, reading.value, late, config.late_policy, &config.detector) {
-            Outcome::Scored(verdict) => {
+        match sensors[slot as usize].process(
+            reading.ts,
+            reading.value,
+            late,
+            config.late_policy,
+            &config.detector,
+            &config.stuck,
+        ) {
+            Outcome::Scored { verdict, stuck } => {
                 report.scored += 1;
-                if let Some(severity) = verdict.severity {
+                for anomaly in anomalies_of(&reading, &verdict, stuck, &config.stuck) {
                     report.anomalies += 1;
-                    let anomaly = Anomaly {
-                        event_id: event_id("anomaly", RobustZ::NAME, &reading.sensor_id, reading.ts),
-                        sensor_id: reading.sensor_id.clone(),
-                        asset_id: reading.asset_id.clone(),
-                        ts: reading.ts,
-                        value: reading.value,
-                        score: verdict.score,
-                        severity,
-                        detector: RobustZ::NAME.to_owned(),
-                        model_version: None,
-                        explanation: Some(explain(&verdict, reading.value)),
-                    };
                     rendered += serde_json::to_string(&anomaly)?.len();
                 }
             }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use millstream_operators::detector::RobustZConfig;
-use millstream_operators::sensor::LatePolicy;
+use millstream_operators::sensor::{LatePolicy, StuckConfig};
 use serde::{Deserialize, Serialize};
 
 /// Default allowed lateness: readings up to this much older than the newest seen are on time.
@@ -22,6 +22,8 @@ pub struct PipelineConfig {
     pub emit_scores: bool,
     /// The per-sensor robust detector.
     pub detector: RobustZConfig,
+    /// The stuck-sensor rule.
+    pub stuck: StuckConfig,
 }
 
 impl Default for PipelineConfig {
@@ -31,6 +33,7 @@ impl Default for PipelineConfig {
             late_policy: LatePolicy::Keep,
             emit_scores: false,
             detector: RobustZConfig::default(),
+            stuck: StuckConfig::default(),
         }
     }
 }
@@ -69,7 +72,8 @@ mod tests {
 
     #[test]
     fn partial_files_keep_defaults_and_unknown_keys_are_refused() {
-        let file: ConfigFile = toml::from_str("[pipeline]\nallowed_lateness_ms = 100\nlate_policy = \"dead_letter\"\n").unwrap();
+        let file: ConfigFile =
+            toml::from_str("[pipeline]\nallowed_lateness_ms = 100\nlate_policy = \"dead_letter\"\n").unwrap();
         assert_eq!(file.pipeline.allowed_lateness_ms, 100);
         assert_eq!(file.pipeline.late_policy, LatePolicy::DeadLetter);
         assert_eq!(file.pipeline.detector, RobustZConfig::default());

@@ -44,10 +44,18 @@ impl ClusterOptions {
             let Some(hostfile) = hostfile else { bail!("--processes {processes} needs --hostfile") };
             let text = std::fs::read_to_string(hostfile)
                 .with_context(|| format!("cannot read hostfile {}", hostfile.display()))?;
-            let addresses: Vec<String> =
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+            let addresses: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
             if addresses.len() < *processes {
-                bail!("hostfile {} lists {} addresses, --processes is {processes}", hostfile.display(), addresses.len());
+                bail!(
+                    "hostfile {} lists {} addresses, --processes is {processes}",
+                    hostfile.display(),
+                    addresses.len()
+                );
             }
             timely::CommunicationConfig::Cluster {
                 threads: *workers,
@@ -90,12 +98,12 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     }
     let timely_config = cluster.timely_config()?;
     let opened = OpenedSource::open(&source)?;
-    let context = Arc::new(ScoreContext { config: pipeline, resolver: opened.resolver(), stats: Arc::clone(&stats) });
+    let context =
+        Arc::new(ScoreContext { config: pipeline, resolver: opened.resolver(), stats: Arc::clone(&stats) });
     let started = Instant::now();
     let guards = timely::execute(timely_config, move |worker| {
-        let probe = worker.dataflow::<u64, _, _>(|scope| {
-            crate::graph::build(scope, &opened, &sinks, Arc::clone(&context))
-        });
+        let probe = worker
+            .dataflow::<u64, _, _>(|scope| crate::graph::build(scope, &opened, &sinks, Arc::clone(&context)));
         while !probe.done() {
             worker.step_or_park(None);
         }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use millstream_connectors::RecordResolver;
 use millstream_events::event_id::event_id;
 use millstream_events::{
-    Accepted, Anomaly, DeadLetter, EventTime, OutputKind, OutputLine, Reason, ScoredReading,
+    Accepted, Anomaly, DeadLetter, EventTime, OutputKind, OutputLine, Reading, Reason, ScoredReading,
+    Severity,
 };
-use millstream_operators::detector::{explain, RobustZ};
-use millstream_operators::sensor::{Outcome, SensorState};
+use millstream_operators::detector::{explain, RobustZ, Verdict};
+use millstream_operators::sensor::{Outcome, SensorState, StuckConfig, STUCK_DETECTOR};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -73,7 +74,12 @@ pub fn score_readings<'scope>(
                 let mut group = entry.remove();
                 // Per sensor, by event time, ties by where the reading was read: the first copy
                 // of an exact repeat is the one kept.
-                group.sort_unstable_by_key(|(i, a)| (*i, a.reading.ts, a.origin));
+                let key = |(i, a): &(u32, Accepted)| (*i, a.reading.ts, a.origin);
+                // Usually already in order (sources emit sensors in a stable order); checking
+                // is far cheaper than moving the records.
+                if !group.is_sorted_by_key(key) {
+                    group.sort_unstable_by_key(key);
+                }
                 context.stats.readings.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for (index, accepted) in group {
                     process(&mut sensors[index as usize], accepted, time, &context, &mut lines);
@@ -90,30 +96,31 @@ pub fn score_readings<'scope>(
     })
 }
 
-fn process(state: &mut SensorState, accepted: Accepted, time: EventTime, context: &ScoreContext, lines: &mut Vec<OutputLine>) {
+fn process(
+    state: &mut SensorState,
+    accepted: Accepted,
+    time: EventTime,
+    context: &ScoreContext,
+    lines: &mut Vec<OutputLine>,
+) {
     let config = &context.config;
     let reading = &accepted.reading;
-    let outcome = state.process(reading.ts, reading.value, accepted.late, config.late_policy, &config.detector);
+    let outcome = state.process(
+        reading.ts,
+        reading.value,
+        accepted.late,
+        config.late_policy,
+        &config.detector,
+        &config.stuck,
+    );
     match outcome {
-        Outcome::Scored(verdict) => {
+        Outcome::Scored { verdict, stuck } => {
             RunStats::add(&context.stats.scored, 1);
             if config.emit_scores {
                 lines.push(render_score(&accepted, verdict.score, false));
             }
-            if let Some(severity) = verdict.severity {
+            for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
                 RunStats::add(&context.stats.anomalies, 1);
-                let anomaly = Anomaly {
-                    event_id: event_id("anomaly", RobustZ::NAME, &reading.sensor_id, reading.ts),
-                    sensor_id: reading.sensor_id.clone(),
-                    asset_id: reading.asset_id.clone(),
-                    ts: reading.ts,
-                    value: reading.value,
-                    score: verdict.score,
-                    severity,
-                    detector: RobustZ::NAME.to_owned(),
-                    model_version: None,
-                    explanation: Some(explain(&verdict, reading.value)),
-                };
                 lines.push(OutputLine { kind: OutputKind::Anomaly, json: to_json(&anomaly) });
             }
         }
@@ -126,7 +133,9 @@ fn process(state: &mut SensorState, accepted: Accepted, time: EventTime, context
         Outcome::Rejected(reason) => {
             context.stats.dead_letter(reason);
             let detail = match reason {
-                Reason::Duplicate => "exact repeat of an earlier reading (same sensor_id, ts and value)".to_owned(),
+                Reason::Duplicate => {
+                    "exact repeat of an earlier reading (same sensor_id, ts and value)".to_owned()
+                }
                 Reason::Late => format!(
                     "ts {} is older than the watermark {} (allowed lateness {} ms)",
                     millstream_events::time::format_rfc3339_millis(reading.ts),
@@ -145,6 +154,34 @@ fn process(state: &mut SensorState, accepted: Accepted, time: EventTime, context
         }
     }
 }
+
+/// The anomaly events one scored reading raises: a robust-z outlier, a stuck sensor, or both.
+pub fn anomalies_of(reading: &Reading, verdict: &Verdict, stuck: bool, rule: &StuckConfig) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    let event = |detector: &str, score: f64, severity: Severity, explanation: String| Anomaly {
+        event_id: event_id("anomaly", detector, &reading.sensor_id, reading.ts),
+        sensor_id: reading.sensor_id.clone(),
+        asset_id: reading.asset_id.clone(),
+        ts: reading.ts,
+        value: reading.value,
+        score,
+        severity,
+        detector: detector.to_owned(),
+        model_version: None,
+        explanation: Some(explanation),
+    };
+    if let Some(severity) = verdict.severity {
+        out.push(event(RobustZ::NAME, verdict.score, severity, explain(verdict, reading.value)));
+    }
+    if stuck {
+        let why = format!("value {} repeated exactly {} times in a row", reading.value, rule.repeats);
+        out.push(event(STUCK_DETECTOR, STUCK_SCORE, Severity::Medium, why));
+    }
+    out
+}
+
+/// Score of a stuck-sensor event: certain, but not as urgent as an extreme outlier.
+const STUCK_SCORE: f64 = 0.8;
 
 fn render_score(accepted: &Accepted, score: f64, late: bool) -> OutputLine {
     let r = &accepted.reading;

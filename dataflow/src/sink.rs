@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use millstream_events::{EventTime, OutputLine};
 use millstream_sinks::LineSink;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 
 /// Writes `lines` with the sink built by `make_sink`, on global worker 0 only. The output
@@ -29,56 +29,62 @@ where
     let is_writer = lines.scope().index() == 0;
     let name = name.to_owned();
     let mut make_sink = Some(make_sink);
-    lines.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &OutputLine| 0), &format!("Write({name})"), move |_, _| {
-        let mut sink: Option<Box<dyn LineSink>> = None;
-        if is_writer {
-            let make = make_sink.take().expect("constructor runs once");
-            sink = Some(make().unwrap_or_else(|e| fatal(&name, &e)));
-        }
-        let mut pending: BTreeMap<EventTime, Vec<OutputLine>> = BTreeMap::new();
-        let mut capability: Option<Capability<EventTime>> = None;
-        let mut finished = false;
-        move |(input, frontier), _output| {
-            input.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if capability.as_ref().is_none_or(|c| time < *c.time()) {
-                    capability = cap.retain_least(0);
+    lines.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &OutputLine| 0),
+        &format!("Write({name})"),
+        move |_, _| {
+            let mut sink: Option<Box<dyn LineSink>> = None;
+            if is_writer {
+                let make = make_sink.take().expect("constructor runs once");
+                sink = Some(make().unwrap_or_else(|e| fatal(&name, &e)));
+            }
+            let mut pending: BTreeMap<EventTime, Vec<OutputLine>> = BTreeMap::new();
+            let mut capability: Option<Capability<EventTime>> = None;
+            let mut finished = false;
+            move |(input, frontier), _output| {
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                        capability = cap.retain_least(0);
+                    }
+                    pending.entry(time).or_default().append(data);
+                });
+                let frontier = frontier.frontier();
+                let mut wrote = false;
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let mut batch = entry.remove();
+                    batch.sort_unstable();
+                    if let Some(sink) = sink.as_mut() {
+                        for line in &batch {
+                            sink.write_line(line.kind, &line.json).unwrap_or_else(|e| fatal(&name, &e));
+                        }
+                    }
+                    wrote = true;
                 }
-                pending.entry(time).or_default().append(data);
-            });
-            let frontier = frontier.frontier();
-            let mut wrote = false;
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let mut batch = entry.remove();
-                batch.sort_unstable();
                 if let Some(sink) = sink.as_mut() {
-                    for line in &batch {
-                        sink.write_line(line.kind, &line.json).unwrap_or_else(|e| fatal(&name, &e));
+                    if frontier.is_empty() && !finished {
+                        sink.finish().unwrap_or_else(|e| fatal(&name, &e));
+                        finished = true;
+                    } else if wrote {
+                        sink.flush().unwrap_or_else(|e| fatal(&name, &e));
                     }
                 }
-                wrote = true;
-            }
-            if let Some(sink) = sink.as_mut() {
-                if frontier.is_empty() && !finished {
-                    sink.finish().unwrap_or_else(|e| fatal(&name, &e));
-                    finished = true;
-                } else if wrote {
-                    sink.flush().unwrap_or_else(|e| fatal(&name, &e));
+                match (pending.first_key_value(), capability.as_mut()) {
+                    (Some((&time, _)), Some(cap)) => cap.downgrade(&time),
+                    _ => capability = None,
                 }
             }
-            match (pending.first_key_value(), capability.as_mut()) {
-                (Some((&time, _)), Some(cap)) => cap.downgrade(&time),
-                _ => capability = None,
-            }
-        }
-    })
+        },
+    )
 }
 
 /// Discards lines where they are (the `null` sink).
-pub fn discard_lines<'scope>(lines: Stream<'scope, EventTime, Vec<OutputLine>>) -> Stream<'scope, EventTime, Vec<()>> {
+pub fn discard_lines<'scope>(
+    lines: Stream<'scope, EventTime, Vec<OutputLine>>,
+) -> Stream<'scope, EventTime, Vec<()>> {
     lines.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Discard", |_, _| {
         move |input, _output| {
             input.for_each(|_, data| data.clear());

@@ -73,9 +73,10 @@ impl OpenedSource {
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
         Ok(match spec {
             SourceSpec::File(path) => OpenedSource::File(FileInput::open(path)?),
-            SourceSpec::Simulate(options) => {
-                OpenedSource::Simulate(Arc::new(millstream_connectors::plant_source::SimulatedPlant::from_options(options).map_err(SourceError::Simulate)?))
-            }
+            SourceSpec::Simulate(options) => OpenedSource::Simulate(Arc::new(
+                millstream_connectors::plant_source::SimulatedPlant::from_options(options)
+                    .map_err(SourceError::Simulate)?,
+            )),
         })
     }
 

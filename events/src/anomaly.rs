@@ -30,7 +30,10 @@ pub struct Anomaly {
     pub event_id: String,
     pub sensor_id: String,
     pub asset_id: String,
-    #[serde(serialize_with = "crate::time::serialize_rfc3339", deserialize_with = "crate::time::deserialize_event_time")]
+    #[serde(
+        serialize_with = "crate::time::serialize_rfc3339",
+        deserialize_with = "crate::time::deserialize_event_time"
+    )]
     pub ts: EventTime,
     pub value: f64,
     /// In `[0, 1]`.
@@ -48,7 +51,10 @@ pub struct Anomaly {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredReading {
     pub sensor_id: String,
-    #[serde(serialize_with = "crate::time::serialize_rfc3339", deserialize_with = "crate::time::deserialize_event_time")]
+    #[serde(
+        serialize_with = "crate::time::serialize_rfc3339",
+        deserialize_with = "crate::time::deserialize_event_time"
+    )]
     pub ts: EventTime,
     pub value: f64,
     /// In `[0, 1]`; 0 for late readings, which skip stateful scoring.

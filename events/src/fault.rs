@@ -85,10 +85,7 @@ mod tests {
     #[test]
     fn names_match_serde() {
         for kind in FaultKind::ALL {
-            assert_eq!(
-                serde_json::to_string(&kind).unwrap(),
-                format!("\"{}\"", kind.as_str())
-            );
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.as_str()));
         }
     }
 

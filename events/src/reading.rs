@@ -94,7 +94,10 @@ mod tests {
             unit: Some("degC".into()),
         };
         let line = r.to_contract_json();
-        assert_eq!(line, r#"{"sensor_id":"p/t","asset_id":"p","ts":"2026-03-01T00:00:00.001Z","value":-3.25,"unit":"degC"}"#);
+        assert_eq!(
+            line,
+            r#"{"sensor_id":"p/t","asset_id":"p","ts":"2026-03-01T00:00:00.001Z","value":-3.25,"unit":"degC"}"#
+        );
         assert_eq!(crate::decode::decode_json(line.as_bytes()).unwrap(), r);
     }
 }

@@ -66,12 +66,8 @@ pub fn write_rfc3339_millis(ts: EventTime, out: &mut String) {
     let sod = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
     let (h, m, s) = (sod / 3600, (sod / 60) % 60, sod % 60);
-    let digits = [
-        (year / 1000) as u8,
-        ((year / 100) % 10) as u8,
-        ((year / 10) % 10) as u8,
-        (year % 10) as u8,
-    ];
+    let digits =
+        [(year / 1000) as u8, ((year / 100) % 10) as u8, ((year / 10) % 10) as u8, (year % 10) as u8];
     for d in digits {
         out.push((b'0' + d) as char);
     }

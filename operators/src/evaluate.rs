@@ -174,33 +174,18 @@ pub fn evaluate(faults: &[InjectedFault], anomalies: &[Anomaly], config: &Evalua
                 (n + 1, d)
             });
             let inside = matched.iter().filter(|m| m[kind_index(kind)]).count();
-            (count > 0).then(|| KindEvaluation {
-                kind,
-                scores: Scores::new(count, delays, inside, inside),
-            })
+            (count > 0).then(|| KindEvaluation { kind, scores: Scores::new(count, delays, inside, inside) })
         })
         .collect();
 
     let true_anomalies = (0..anomalies.len()).filter(|&i| is_true(i)).count();
-    let overall = Scores::new(
-        faults.len(),
-        delays.into_iter().flatten().collect(),
-        anomalies.len(),
-        true_anomalies,
-    );
-    Evaluation {
-        assets,
-        by_kind,
-        overall,
-        config: *config,
-    }
+    let overall =
+        Scores::new(faults.len(), delays.into_iter().flatten().collect(), anomalies.len(), true_anomalies);
+    Evaluation { assets, by_kind, overall, config: *config }
 }
 
 fn kind_index(kind: FaultKind) -> usize {
-    FaultKind::ALL
-        .iter()
-        .position(|&k| k == kind)
-        .expect("every kind is in ALL")
+    FaultKind::ALL.iter().position(|&k| k == kind).expect("every kind is in ALL")
 }
 
 fn percent(x: f64) -> String {
@@ -242,11 +227,7 @@ impl fmt::Display for Evaluation {
         let row = |f: &mut fmt::Formatter<'_>, name: &str, s: &Scores, with_precision: bool| {
             let dash = || "-".to_owned();
             let recall = if s.faults > 0 { percent(s.recall) } else { dash() };
-            let precision = if with_precision && s.anomalies > 0 {
-                percent(s.precision)
-            } else {
-                dash()
-            };
+            let precision = if with_precision && s.anomalies > 0 { percent(s.precision) } else { dash() };
             writeln!(
                 f,
                 "{name:<name_width$}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9}  {:>12}  {:>9}",
@@ -335,10 +316,7 @@ mod tests {
     fn overall_numbers() {
         let e = example();
         let o = &e.overall;
-        assert_eq!(
-            (o.faults, o.detected, o.anomalies, o.true_anomalies),
-            (4, 3, 9, 5)
-        );
+        assert_eq!((o.faults, o.detected, o.anomalies, o.true_anomalies), (4, 3, 9, 5));
         assert_eq!(o.recall, 0.75);
         assert_eq!(o.precision, 5.0 / 9.0);
         assert_eq!((o.median_delay_ms, o.max_delay_ms), (Some(500), Some(11_000)));
@@ -350,26 +328,14 @@ mod tests {
         let ids: Vec<&str> = e.assets.iter().map(|a| a.asset_id.as_str()).collect();
         assert_eq!(ids, ["A", "B", "C"]);
         let a = &e.assets[0].scores;
-        assert_eq!(
-            (a.faults, a.detected, a.anomalies, a.true_anomalies),
-            (2, 2, 6, 4)
-        );
+        assert_eq!((a.faults, a.detected, a.anomalies, a.true_anomalies), (2, 2, 6, 4));
         assert_eq!((a.recall, a.precision), (1.0, 4.0 / 6.0));
         assert_eq!((a.median_delay_ms, a.max_delay_ms), (Some(250), Some(500)));
         let b = &e.assets[1].scores;
-        assert_eq!(
-            (b.faults, b.detected, b.anomalies, b.true_anomalies),
-            (2, 1, 2, 1)
-        );
-        assert_eq!(
-            (b.recall, b.precision, b.median_delay_ms),
-            (0.5, 0.5, Some(11_000))
-        );
+        assert_eq!((b.faults, b.detected, b.anomalies, b.true_anomalies), (2, 1, 2, 1));
+        assert_eq!((b.recall, b.precision, b.median_delay_ms), (0.5, 0.5, Some(11_000)));
         let c = &e.assets[2].scores;
-        assert_eq!(
-            (c.faults, c.detected, c.anomalies, c.true_anomalies),
-            (0, 0, 1, 0)
-        );
+        assert_eq!((c.faults, c.detected, c.anomalies, c.true_anomalies), (0, 0, 1, 0));
         assert_eq!((c.recall, c.precision, c.median_delay_ms), (1.0, 0.0, None));
     }
 
@@ -377,36 +343,13 @@ mod tests {
     fn per_kind_numbers() {
         let e = example();
         let kinds: Vec<FaultKind> = e.by_kind.iter().map(|k| k.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                FaultKind::Spike,
-                FaultKind::LevelShift,
-                FaultKind::Stuck,
-                FaultKind::Dropout
-            ]
-        );
+        assert_eq!(kinds, [FaultKind::Spike, FaultKind::LevelShift, FaultKind::Stuck, FaultKind::Dropout]);
         let got: Vec<(usize, usize, usize, Option<u64>)> = e
             .by_kind
             .iter()
-            .map(|k| {
-                (
-                    k.scores.faults,
-                    k.scores.detected,
-                    k.scores.anomalies,
-                    k.scores.median_delay_ms,
-                )
-            })
+            .map(|k| (k.scores.faults, k.scores.detected, k.scores.anomalies, k.scores.median_delay_ms))
             .collect();
-        assert_eq!(
-            got,
-            [
-                (1, 1, 2, Some(0)),
-                (1, 1, 2, Some(500)),
-                (1, 0, 0, None),
-                (1, 1, 1, Some(11_000))
-            ]
-        );
+        assert_eq!(got, [(1, 1, 2, Some(0)), (1, 1, 2, Some(500)), (1, 0, 0, None), (1, 1, 1, Some(11_000))]);
     }
 
     #[test]
@@ -431,27 +374,18 @@ mod tests {
 
     #[test]
     fn median_of_even_and_odd_counts() {
-        assert_eq!(
-            Scores::new(4, vec![30, 10, 20, 41], 0, 0).median_delay_ms,
-            Some(25)
-        );
+        assert_eq!(Scores::new(4, vec![30, 10, 20, 41], 0, 0).median_delay_ms, Some(25));
         assert_eq!(Scores::new(3, vec![30, 10, 20], 0, 0).median_delay_ms, Some(20));
     }
 
     #[test]
     fn the_table_is_aligned() {
         let text = example().to_string();
-        let rows: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('('))
-            .collect();
+        let rows: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.starts_with('(')).collect();
         assert_eq!(rows.len(), 1 + 3 + 1 + 4 + 1, "{text}");
         assert!(rows.iter().all(|r| r.len() == rows[0].len()), "{text}");
         let a = rows.iter().find(|r| r.starts_with("A ")).unwrap();
-        assert!(
-            a.contains("100.0%") && a.contains("66.7%") && a.contains("250 ms"),
-            "{a}"
-        );
+        assert!(a.contains("100.0%") && a.contains("66.7%") && a.contains("250 ms"), "{a}");
         let overall = rows.last().unwrap();
         assert!(
             overall.contains("75.0%") && overall.contains("55.6%") && overall.contains("11.0 s"),

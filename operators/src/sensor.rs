@@ -31,6 +31,24 @@ impl std::str::FromStr for LatePolicy {
     }
 }
 
+/// The stuck-sensor rule: a sensor that used to vary and then repeats exactly the same value
+/// this many readings in a row is stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StuckConfig {
+    /// Consecutive identical readings that make a stuck sensor; 0 turns the rule off.
+    pub repeats: u32,
+}
+
+impl Default for StuckConfig {
+    fn default() -> Self {
+        StuckConfig { repeats: 30 }
+    }
+}
+
+/// The `detector` of stuck-sensor anomalies.
+pub const STUCK_DETECTOR: &str = "stuck";
+
 /// How many recent readings a sensor remembers to recognise a late exact repeat.
 const RECENT: usize = 32;
 
@@ -46,6 +64,8 @@ pub struct SensorState {
     recent: [(EventTime, u64); RECENT],
     recent_len: usize,
     recent_next: usize,
+    /// Length of the current run of identical values.
+    repeat_run: u32,
 }
 
 impl Default for SensorState {
@@ -57,6 +77,7 @@ impl Default for SensorState {
             recent: [(0, 0); RECENT],
             recent_len: 0,
             recent_next: 0,
+            repeat_run: 0,
         }
     }
 }
@@ -64,8 +85,9 @@ impl Default for SensorState {
 /// What became of one reading.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Scored by the detector (its state updated).
-    Scored(Verdict),
+    /// Scored by the detector (its state updated). `stuck` is true on the reading that
+    /// completes a stuck run (once per run).
+    Scored { verdict: Verdict, stuck: bool },
     /// Late and kept: flagged, not scored.
     LateKept,
     /// Refused: `duplicate`, or `late` under [`LatePolicy::DeadLetter`].
@@ -82,6 +104,7 @@ impl SensorState {
         late: bool,
         policy: LatePolicy,
         detector: &RobustZConfig,
+        stuck: &StuckConfig,
     ) -> Outcome {
         let bits = value.to_bits();
         if late {
@@ -109,7 +132,12 @@ impl SensorState {
             self.values_at_last_ts.push(bits);
         }
         self.remember(ts, bits);
-        Outcome::Scored(self.detector.observe(value, detector))
+        let repeat = self.detector.count() > 0 && self.detector.last_value() == Some(value);
+        self.repeat_run = if repeat { self.repeat_run.saturating_add(1) } else { 1 };
+        let noisy = self.detector.has_noise(detector);
+        let verdict = self.detector.observe(value, detector);
+        let stuck = stuck.repeats > 0 && self.repeat_run == stuck.repeats && noisy;
+        Outcome::Scored { verdict, stuck }
     }
 
     pub fn detector(&self) -> &RobustZ {
@@ -132,18 +160,44 @@ mod tests {
     use super::*;
 
     fn run(state: &mut SensorState, ts: EventTime, value: f64, late: bool, policy: LatePolicy) -> Outcome {
-        state.process(ts, value, late, policy, &RobustZConfig::default())
+        state.process(ts, value, late, policy, &RobustZConfig::default(), &StuckConfig::default())
+    }
+
+    #[test]
+    fn a_varying_sensor_that_repeats_is_stuck_once_per_run() {
+        let mut s = SensorState::default();
+        let mut stuck_at = Vec::new();
+        for ts in 0..400u64 {
+            let value =
+                if (100..200).contains(&ts) || (250..300).contains(&ts) { 7.0 } else { (ts % 7) as f64 };
+            if let Outcome::Scored { stuck: true, .. } = run(&mut s, ts, value, false, LatePolicy::Keep) {
+                stuck_at.push(ts);
+            }
+        }
+        // Runs start at 100 and 250 (the first 7.0 is the run's first reading).
+        assert_eq!(stuck_at, vec![129, 279]);
+    }
+
+    #[test]
+    fn a_constant_sensor_is_not_stuck() {
+        let mut s = SensorState::default();
+        for ts in 0..200u64 {
+            assert!(matches!(
+                run(&mut s, ts, 3.0, false, LatePolicy::Keep),
+                Outcome::Scored { stuck: false, .. }
+            ));
+        }
     }
 
     #[test]
     fn exact_repeats_are_duplicates_and_near_repeats_are_not() {
         let mut s = SensorState::default();
-        assert!(matches!(run(&mut s, 1, 1.0, false, LatePolicy::Keep), Outcome::Scored(_)));
+        assert!(matches!(run(&mut s, 1, 1.0, false, LatePolicy::Keep), Outcome::Scored { .. }));
         assert_eq!(run(&mut s, 1, 1.0, false, LatePolicy::Keep), Outcome::Rejected(Reason::Duplicate));
-        assert!(matches!(run(&mut s, 1, 2.0, false, LatePolicy::Keep), Outcome::Scored(_)));
-        assert!(matches!(run(&mut s, 2, 1.0, false, LatePolicy::Keep), Outcome::Scored(_)));
-        assert!(matches!(run(&mut s, 3, 0.0, false, LatePolicy::Keep), Outcome::Scored(_)));
-        assert!(matches!(run(&mut s, 3, -0.0, false, LatePolicy::Keep), Outcome::Scored(_)));
+        assert!(matches!(run(&mut s, 1, 2.0, false, LatePolicy::Keep), Outcome::Scored { .. }));
+        assert!(matches!(run(&mut s, 2, 1.0, false, LatePolicy::Keep), Outcome::Scored { .. }));
+        assert!(matches!(run(&mut s, 3, 0.0, false, LatePolicy::Keep), Outcome::Scored { .. }));
+        assert!(matches!(run(&mut s, 3, -0.0, false, LatePolicy::Keep), Outcome::Scored { .. }));
     }
 
     #[test]

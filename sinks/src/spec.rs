@@ -36,7 +36,10 @@ impl std::str::FromStr for SinkSpec {
         match s {
             "stdout" => Ok(SinkSpec::Stdout),
             "null" => Ok(SinkSpec::Null),
-            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") || s.starts_with("kafka://") => {
+            _ if s.starts_with("postgres://")
+                || s.starts_with("postgresql://")
+                || s.starts_with("kafka://") =>
+            {
                 Err(SinkSpecError::NotYetSupported(s.split("://").next().unwrap_or(s).to_owned()))
             }
             _ => Err(SinkSpecError::Unknown(s.to_owned())),

@@ -90,17 +90,22 @@ impl FileInput {
 
     pub fn open_with_chunk_size(path: &Path, chunk_bytes: usize) -> Result<Arc<Self>, FileSourceError> {
         let file = File::open(path).map_err(|source| FileSourceError::Open { path: path.into(), source })?;
-        let len = file.metadata().map_err(|source| FileSourceError::Open { path: path.into(), source })?.len();
+        let len =
+            file.metadata().map_err(|source| FileSourceError::Open { path: path.into(), source })?.len();
         // A zero-length file cannot be mapped on every platform; it simply has no chunks.
         let map = if len == 0 {
             None
         } else {
             // SAFETY: the map is read-only; a file truncated underneath a running source is
             // outside what a file source supports (as with every mmap reader).
-            Some(unsafe { Mmap::map(&file) }.map_err(|source| FileSourceError::Map { path: path.into(), source })?)
+            Some(
+                unsafe { Mmap::map(&file) }
+                    .map_err(|source| FileSourceError::Map { path: path.into(), source })?,
+            )
         };
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-        let format = detect_format(path, bytes).map_err(|source| FileSourceError::Header { path: path.into(), source })?;
+        let format = detect_format(path, bytes)
+            .map_err(|source| FileSourceError::Header { path: path.into(), source })?;
         let chunk_starts = plan_chunks(bytes, chunk_bytes.max(1));
         Ok(Arc::new(FileInput {
             display_name: path.display().to_string(),
@@ -135,7 +140,11 @@ impl FileInput {
     }
 
     /// Decodes one chunk; `csv` is this worker's copy of the header (it holds parse buffers).
-    pub(crate) fn decode_chunk(&self, chunk: u64, csv: &mut Option<CsvHeader>) -> (ChunkSummary, Vec<ChunkRecord>) {
+    pub(crate) fn decode_chunk(
+        &self,
+        chunk: u64,
+        csv: &mut Option<CsvHeader>,
+    ) -> (ChunkSummary, Vec<ChunkRecord>) {
         let (start, bytes) = self.chunk_bytes(chunk);
         let mut records = Vec::with_capacity(bytes.len() / 64);
         let mut max_ts: Option<EventTime> = None;

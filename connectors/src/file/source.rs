@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use millstream_events::{Accepted, EventTime, Ingested, Origin, Watermark};
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
 

@@ -202,20 +202,9 @@ impl FaultPlan {
         for _ in 0..PLACEMENT_ATTEMPTS {
             let start = rng.below(WARMUP_STEPS, steps - len + 1);
             let end = start + len - 1;
-            if faults
-                .iter()
-                .all(|f| start > f.end + MARGIN_STEPS || f.start > end + MARGIN_STEPS)
-            {
+            if faults.iter().all(|f| start > f.end + MARGIN_STEPS || f.start > end + MARGIN_STEPS) {
                 let at = faults.partition_point(|f| f.start < start);
-                faults.insert(
-                    at,
-                    SignalFault {
-                        kind,
-                        start,
-                        end,
-                        magnitude,
-                    },
-                );
+                faults.insert(at, SignalFault { kind, start, end, magnitude });
                 return;
             }
         }
@@ -243,9 +232,7 @@ impl FaultPlan {
                         Delivery::Malformed(_) => Delivery::Malformed(rng.below(0, MALFORMED_VARIANTS) as u8),
                         other => other,
                     };
-                    let touched = self.signal[sensor]
-                        .iter()
-                        .any(|f| f.start <= step && step <= f.end);
+                    let touched = self.signal[sensor].iter().any(|f| f.start <= step && step <= f.end);
                     let taken = self.delivery.iter().any(|d| d.step == step && d.sensor == sensor);
                     if !touched && !taken {
                         self.delivery.push(DeliveryFault { step, sensor, kind });
@@ -304,10 +291,7 @@ pub fn malformed_line(variant: u8, r: &Reading) -> String {
         }
         // An empty sensor id.
         _ => {
-            let empty = Reading {
-                sensor_id: String::new(),
-                ..r.clone()
-            };
+            let empty = Reading { sensor_id: String::new(), ..r.clone() };
             reading_json(&empty, &ts, &value)
         }
     }
@@ -335,10 +319,7 @@ mod tests {
         assert_eq!(decode_json(reading_json(&r, &ts, "81.25").as_bytes()).unwrap(), r);
         for variant in 0..MALFORMED_VARIANTS as u8 {
             let line = malformed_line(variant, &r);
-            assert!(
-                decode_json(line.as_bytes()).is_err(),
-                "variant {variant} accepted: {line}"
-            );
+            assert!(decode_json(line.as_bytes()).is_err(), "variant {variant} accepted: {line}");
         }
     }
 
@@ -346,9 +327,7 @@ mod tests {
     fn one_asset_in_four_wears() {
         for seed in 0..20 {
             for block in 0..10u32 {
-                let n = (block * 4..block * 4 + 4)
-                    .filter(|&a| is_wear_asset(seed, a))
-                    .count();
+                let n = (block * 4..block * 4 + 4).filter(|&a| is_wear_asset(seed, a)).count();
                 assert_eq!(n, 1);
             }
         }
@@ -357,18 +336,13 @@ mod tests {
     #[test]
     fn faults_never_overlap_and_respect_the_warm_up() {
         for seed in 0..50 {
-            let config = SimulatorConfig {
-                seed,
-                ..SimulatorConfig::default()
-            };
+            let config = SimulatorConfig { seed, ..SimulatorConfig::default() };
             let plan = FaultPlan::build(&config, (seed % 8) as u32);
             for faults in &plan.signal {
                 for pair in faults.windows(2) {
                     assert!(pair[0].end + MARGIN_STEPS < pair[1].start, "{pair:?}");
                 }
-                assert!(faults
-                    .iter()
-                    .all(|f| f.start >= WARMUP_STEPS && f.end < config.steps));
+                assert!(faults.iter().all(|f| f.start >= WARMUP_STEPS && f.end < config.steps));
             }
         }
     }

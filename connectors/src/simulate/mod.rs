@@ -105,12 +105,7 @@ impl Simulator {
                 let sensor_ids = SENSOR_NAMES.map(|name| format!("{asset_id}/{name}"));
                 let params = AssetParams::draw(&mut SimRng::new(config.seed, asset, Purpose::Params));
                 let faults = FaultPlan::build(&config, asset);
-                Arc::new(AssetPlan {
-                    asset_id,
-                    sensor_ids,
-                    params,
-                    faults,
-                })
+                Arc::new(AssetPlan { asset_id, sensor_ids, params, faults })
             })
             .collect();
         Simulator { config, plans }
@@ -174,10 +169,7 @@ impl Simulator {
 
     /// Exactly how many records `asset_stream(a)` yields, summed over all assets.
     pub fn total_records(&self) -> u64 {
-        self.plans
-            .iter()
-            .map(|p| p.faults.records(self.config.steps))
-            .sum()
+        self.plans.iter().map(|p| p.faults.records(self.config.steps)).sum()
     }
 
     /// Injected faults per kind, in [`FaultKind::ALL`] order.
@@ -189,11 +181,7 @@ impl Simulator {
 
 /// `line{n}-pump-{mm}`: lines of eight pumps, numbered from 1, pumps from 00.
 fn asset_id(asset: u32) -> String {
-    format!(
-        "line{}-pump-{:02}",
-        asset / ASSETS_PER_LINE + 1,
-        asset % ASSETS_PER_LINE
-    )
+    format!("line{}-pump-{:02}", asset / ASSETS_PER_LINE + 1, asset % ASSETS_PER_LINE)
 }
 
 /// Rounds to the sensors' resolution of 0.001 unit.
@@ -235,8 +223,7 @@ impl AssetStream {
         let ts = self.start + step * self.period;
         while self.late.front().is_some_and(|r| r.ts + LATE_DELIVERY_MS <= ts) {
             let r = self.late.pop_front().expect("front exists");
-            self.ready
-                .push_back((r.ts + LATE_DELIVERY_MS, SimPayload::Reading(r)));
+            self.ready.push_back((r.ts + LATE_DELIVERY_MS, SimPayload::Reading(r)));
         }
 
         let mut clean = [0.0; SENSORS];
@@ -269,15 +256,10 @@ impl AssetStream {
             };
 
             let deliveries = &plan.faults.delivery;
-            while deliveries
-                .get(self.delivery)
-                .is_some_and(|d| (d.step, d.sensor) < (step, k))
-            {
+            while deliveries.get(self.delivery).is_some_and(|d| (d.step, d.sensor) < (step, k)) {
                 self.delivery += 1;
             }
-            let fault = deliveries
-                .get(self.delivery)
-                .filter(|d| (d.step, d.sensor) == (step, k));
+            let fault = deliveries.get(self.delivery).filter(|d| (d.step, d.sensor) == (step, k));
             match fault.map(|d| d.kind) {
                 None => self.ready.push_back((ts, SimPayload::Reading(reading))),
                 Some(Delivery::Duplicate) => {
@@ -301,11 +283,7 @@ impl AssetStream {
     fn record(&mut self, delivered_at: EventTime, payload: SimPayload) -> SimRecord {
         let seq = self.seq;
         self.seq += 1;
-        SimRecord {
-            delivered_at,
-            seq,
-            payload,
-        }
+        SimRecord { delivered_at, seq, payload }
     }
 }
 
@@ -341,12 +319,7 @@ mod tests {
     use super::*;
 
     fn small(seed: u64) -> SimulatorConfig {
-        SimulatorConfig {
-            seed,
-            assets: 8,
-            steps: 1800,
-            ..SimulatorConfig::default()
-        }
+        SimulatorConfig { seed, assets: 8, steps: 1800, ..SimulatorConfig::default() }
     }
 
     fn readings(records: &[SimRecord]) -> impl Iterator<Item = &Reading> {
@@ -366,9 +339,7 @@ mod tests {
     }
 
     fn all_streams(sim: &Simulator) -> Vec<Vec<SimRecord>> {
-        (0..sim.config().assets)
-            .map(|a| sim.asset_stream(a).collect())
-            .collect()
+        (0..sim.config().assets).map(|a| sim.asset_stream(a).collect()).collect()
     }
 
     #[test]
@@ -378,10 +349,7 @@ mod tests {
         assert_eq!(all_streams(&a), all_streams(&b));
         assert_eq!(a.ground_truth(), b.ground_truth());
 
-        let alone = Simulator::new(SimulatorConfig {
-            assets: 4,
-            ..small(7)
-        });
+        let alone = Simulator::new(SimulatorConfig { assets: 4, ..small(7) });
         let three: Vec<SimRecord> = alone.asset_stream(3).collect();
         let _others: Vec<SimRecord> = a.asset_stream(5).collect();
         assert_eq!(three, a.asset_stream(3).collect::<Vec<_>>());
@@ -392,10 +360,7 @@ mod tests {
         let a: Vec<SimRecord> = Simulator::new(small(1)).asset_stream(0).take(100).collect();
         let b: Vec<SimRecord> = Simulator::new(small(2)).asset_stream(0).take(100).collect();
         assert_ne!(a, b);
-        assert_ne!(
-            Simulator::new(small(1)).ground_truth(),
-            Simulator::new(small(2)).ground_truth()
-        );
+        assert_ne!(Simulator::new(small(1)).ground_truth(), Simulator::new(small(2)).ground_truth());
     }
 
     #[test]
@@ -418,10 +383,7 @@ mod tests {
     fn count_ordering_and_delivery_times() {
         let sim = Simulator::new(SimulatorConfig::default());
         let streams = all_streams(&sim);
-        assert_eq!(
-            streams.iter().map(|s| s.len() as u64).sum::<u64>(),
-            sim.total_records()
-        );
+        assert_eq!(streams.iter().map(|s| s.len() as u64).sum::<u64>(), sim.total_records());
         assert_eq!(sim.asset_stream(2).len() as u64, streams[2].len() as u64);
         let (mut duplicates, mut late, mut malformed) = (0, 0, 0);
         for stream in &streams {
@@ -447,18 +409,12 @@ mod tests {
                 }
             }
         }
-        assert!(
-            duplicates > 0 && late > 0 && malformed > 0,
-            "{duplicates} {late} {malformed}"
-        );
+        assert!(duplicates > 0 && late > 0 && malformed > 0, "{duplicates} {late} {malformed}");
     }
 
     #[test]
     fn no_delivery_faults_when_disabled() {
-        let config = SimulatorConfig {
-            delivery_faults: false,
-            ..small(3)
-        };
+        let config = SimulatorConfig { delivery_faults: false, ..small(3) };
         let sim = Simulator::new(config.clone());
         let dropped: u64 = sim
             .ground_truth()
@@ -466,15 +422,10 @@ mod tests {
             .filter(|f| f.kind == FaultKind::Dropout)
             .map(|f| (f.end - f.start) / config.period_ms + 1)
             .sum();
-        assert_eq!(
-            sim.total_records(),
-            config.assets as u64 * config.steps * 5 - dropped
-        );
+        assert_eq!(sim.total_records(), config.assets as u64 * config.steps * 5 - dropped);
         for stream in all_streams(&sim) {
             for r in &stream {
-                let SimPayload::Reading(reading) = &r.payload else {
-                    panic!("malformed")
-                };
+                let SimPayload::Reading(reading) = &r.payload else { panic!("malformed") };
                 assert_eq!(r.delivered_at, reading.ts);
             }
         }
@@ -485,10 +436,7 @@ mod tests {
         let mut checked = HashMap::<FaultKind, usize>::new();
         for seed in 0..6 {
             let faulty = Simulator::new(small(seed));
-            let clean = Simulator::new(SimulatorConfig {
-                inject_faults: false,
-                ..small(seed)
-            });
+            let clean = Simulator::new(SimulatorConfig { inject_faults: false, ..small(seed) });
             let (faulty_streams, clean_streams) = (all_streams(&faulty), all_streams(&clean));
             let got: HashMap<_, _> = faulty_streams.iter().flat_map(|s| values(s)).collect();
             let want: HashMap<_, _> = clean_streams.iter().flat_map(|s| values(s)).collect();
@@ -538,10 +486,7 @@ mod tests {
             }
         }
         for kind in FaultKind::ALL {
-            assert!(
-                checked.get(&kind).copied().unwrap_or(0) > 0,
-                "no {kind} fault checked"
-            );
+            assert!(checked.get(&kind).copied().unwrap_or(0) > 0, "no {kind} fault checked");
         }
     }
 
@@ -553,23 +498,13 @@ mod tests {
         let warm = sim.config().start + WARMUP_STEPS * sim.config().period_ms;
         assert!(truth.iter().all(|f| f.start >= warm));
         assert_eq!(sim.asset_ids()[0], "line1-pump-00");
-        assert_eq!(
-            Simulator::new(SimulatorConfig {
-                assets: 9,
-                ..small(0)
-            })
-            .asset_ids()[8],
-            "line2-pump-00"
-        );
+        assert_eq!(Simulator::new(SimulatorConfig { assets: 9, ..small(0) }).asset_ids()[8], "line2-pump-00");
     }
 
     #[test]
     fn values_look_like_a_pump() {
-        let sim = Simulator::new(SimulatorConfig {
-            inject_faults: false,
-            delivery_faults: false,
-            ..small(11)
-        });
+        let sim =
+            Simulator::new(SimulatorConfig { inject_faults: false, delivery_faults: false, ..small(11) });
         for stream in all_streams(&sim) {
             for r in readings(&stream) {
                 let ok = match r.sensor_id.rsplit('/').next().unwrap() {
@@ -588,17 +523,10 @@ mod tests {
     #[test]
     #[ignore = "timing; run with --release -- --ignored --nocapture"]
     fn throughput() {
-        let sim = Simulator::new(SimulatorConfig {
-            assets: 56,
-            steps: 3600,
-            ..SimulatorConfig::default()
-        });
+        let sim = Simulator::new(SimulatorConfig { assets: 56, steps: 3600, ..SimulatorConfig::default() });
         let started = std::time::Instant::now();
         let n: usize = (0..56).map(|a| sim.asset_stream(a).count()).sum();
         let took = started.elapsed();
-        println!(
-            "{n} records in {took:?}: {:.1} M/s",
-            n as f64 / took.as_secs_f64() / 1e6
-        );
+        println!("{n} records in {took:?}: {:.1} M/s", n as f64 / took.as_secs_f64() / 1e6);
     }
 }

@@ -99,9 +99,9 @@ impl CsvHeader {
             parse_rfc3339(ts_text).map_err(|e| e.to_string())
         }
         .map_err(|detail| Rejection::new(Reason::BadTimestamp, detail))?;
-        let value: f64 = value_text
-            .parse()
-            .map_err(|_| Rejection::new(Reason::WrongType, format!("value `{value_text}` is not a number")))?;
+        let value: f64 = value_text.parse().map_err(|_| {
+            Rejection::new(Reason::WrongType, format!("value `{value_text}` is not a number"))
+        })?;
         let optional = |column: Option<usize>| -> Result<Option<&str>, Rejection> {
             match column {
                 Some(i) => text(i).map(|s| Some(s).filter(|s| !s.is_empty())),
@@ -183,7 +183,10 @@ mod tests {
     #[test]
     fn header_errors_are_clear() {
         assert_eq!(CsvHeader::parse(b"sensor_id,value").unwrap_err(), CsvHeaderError::MissingColumn("ts"));
-        assert!(matches!(CsvHeader::parse(b"sensor_id,ts,value,ts"), Err(CsvHeaderError::DuplicateColumn(_))));
+        assert!(matches!(
+            CsvHeader::parse(b"sensor_id,ts,value,ts"),
+            Err(CsvHeaderError::DuplicateColumn(_))
+        ));
     }
 
     #[test]

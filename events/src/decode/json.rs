@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn defaults_asset_accepts_epoch_millis_and_ignores_unknown_fields() {
-        let r = decode_json(br#"{"sensor_id":"a/b","ts":1772323200000,"value":1,"extra":{"x":[1,2]}}"#).unwrap();
+        let r =
+            decode_json(br#"{"sensor_id":"a/b","ts":1772323200000,"value":1,"extra":{"x":[1,2]}}"#).unwrap();
         assert_eq!(r.asset_id, "a");
         assert_eq!(r.ts, 1_772_323_200_000);
         assert_eq!(r.value, 1.0);
