@@ -1,0 +1,154 @@
+//! Helpers shared by the end-to-end tests: run the real binary, build inputs, read outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn millstream() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_millstream"))
+}
+
+/// Runs `millstream` with `args`, asserting exit 0; returns its output.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = millstream().args(args).output().expect("millstream starts");
+    assert!(
+        out.status.success(),
+        "millstream {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> Vec<serde_json::Value> {
+    read_lines(path).iter().map(|l| serde_json::from_str(l).expect("output lines are JSON")).collect()
+}
+
+/// A small deterministic generator (xorshift64*), so inputs are the same on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+pub const START_MS: u64 = 1_772_323_200_000;
+
+/// One reading as a contract JSON line, with an RFC 3339 or epoch-ms timestamp.
+pub fn reading_line(sensor: &str, ts: u64, value: f64, rfc: bool) -> String {
+    let ts_json = if rfc {
+        let secs = (ts / 1000) as i64;
+        let dt = chrono_like(secs, ts % 1000);
+        format!("\"{dt}\"")
+    } else {
+        ts.to_string()
+    };
+    format!("{{\"sensor_id\":\"{sensor}\",\"ts\":{ts_json},\"value\":{value}}}")
+}
+
+/// RFC 3339 without a date library: the tests must not share the code they check.
+fn chrono_like(secs: i64, millis: u64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // civil_from_days, written out independently of the crate under test.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+}
+
+/// A plant-like input: `sensors` sensors sampled every second for `steps` seconds, lines
+/// shuffled within `jitter_ms` (less than the allowed lateness), occasional spikes,
+/// exact duplicates, late records and invalid lines. Returns the path and how many lines of
+/// each kind it holds.
+pub struct Mixed {
+    pub path: PathBuf,
+    pub lines: usize,
+    pub valid: usize,
+    pub duplicates: usize,
+    pub late: usize,
+    pub invalid: usize,
+}
+
+pub fn write_mixed_input(dir: &Path, sensors: usize, steps: u64, seed: u64) -> Mixed {
+    let mut rng = Rng::new(seed);
+    let mut rows: Vec<(u64, String, bool)> = Vec::new();
+    let mut duplicates = 0;
+    let mut late = 0;
+    let mut invalid = 0;
+    for step in 0..steps {
+        let ts = START_MS + step * 1000;
+        for s in 0..sensors {
+            let sensor = format!("line{}-pump-{:02}/{}", s / 10, s % 10, ["vib", "temp", "flow"][s % 3]);
+            let mut value = 10.0 + s as f64 + ((step as f64) / 60.0).sin() + 0.2 * (rng.unit() - 0.5);
+            if step > 100 && rng.below(997) == 0 {
+                value += 25.0;
+            }
+            let value = (value * 1000.0).round() / 1000.0;
+            let jitter = rng.below(3000);
+            let line = reading_line(&sensor, ts, value, rng.below(2) == 0);
+            rows.push((ts + jitter, line.clone(), true));
+            if rng.below(1500) == 0 {
+                rows.push((ts + jitter + 1, line, false));
+                duplicates += 1;
+            }
+            if step > 200 && rng.below(4000) == 0 {
+                // Arrives ten minutes after it happened: late.
+                let old = reading_line(&sensor, ts - 600_000, value + 0.5, false);
+                rows.push((ts + jitter, old, false));
+                late += 1;
+            }
+        }
+        if rng.below(40) == 0 {
+            let bad = [
+                "not json at all".to_owned(),
+                "{\"sensor_id\":\"x/y\",\"ts\":1,".to_owned(),
+                format!("{{\"ts\":{ts},\"value\":1}}"),
+                format!("{{\"sensor_id\":\"a/b\",\"ts\":{ts},\"value\":\"high\"}}"),
+                format!("{{\"sensor_id\":\"a/b\",\"ts\":{ts},\"value\":NaN}}"),
+                "{\"sensor_id\":\"a/b\",\"ts\":\"yesterday\",\"value\":1}".to_owned(),
+                format!("{{\"sensor_id\":\"\",\"ts\":{ts},\"value\":1}}"),
+                String::new(),
+            ];
+            rows.push((ts + 1500, bad[rng.below(bad.len() as u64) as usize].clone(), false));
+            invalid += 1;
+        }
+    }
+    rows.sort_by_key(|(arrival, _, _)| *arrival);
+    let text: String = rows.iter().map(|(_, l, _)| format!("{l}\n")).collect();
+    let path = dir.join("mixed.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let valid = rows.iter().filter(|r| r.2).count();
+    Mixed { path, lines: rows.len(), valid, duplicates, late, invalid }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
