@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millstream_events::decode::decode_json;
-use millstream_events::{Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, Reading, SourceLocation};
+use millstream_events::{
+    Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, Reading, SourceLocation, TimeModel,
+};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
@@ -96,7 +98,7 @@ const RECORDS_PER_BATCH: u64 = 8192;
 pub fn simulator_source<'scope>(
     scope: Scope<'scope, EventTime>,
     plant: Arc<SimulatedPlant>,
-    allowed_lateness_ms: u64,
+    time: TimeModel,
 ) -> Stream<'scope, EventTime, Vec<Ingested>> {
     let (index, peers) = (scope.index() as u32, scope.peers() as u32);
     source(scope, "Simulate", move |capability, info| {
@@ -114,7 +116,7 @@ pub fn simulator_source<'scope>(
         let mut now = config.start;
         let mut capability = Some(capability);
         if let Some(cap) = capability.as_mut() {
-            cap.downgrade(&now.saturating_sub(allowed_lateness_ms));
+            cap.downgrade(&time.epoch(now.saturating_sub(time.allowed_lateness_ms)));
         }
         let wall_start = Instant::now();
         let mut batch: Vec<(EventTime, Ingested)> = Vec::new();
@@ -131,14 +133,7 @@ pub fn simulator_source<'scope>(
             let until = now + steps_per_batch * config.period_ms;
             for (asset, stream) in streams.iter_mut() {
                 while let Some(record) = stream.next_if(|r| r.delivered_at < until) {
-                    batch.push(stamp(
-                        &plant,
-                        *asset,
-                        record.delivered_at,
-                        record.seq,
-                        record.payload,
-                        allowed_lateness_ms,
-                    ));
+                    batch.push(stamp(&plant, *asset, record.delivered_at, record.seq, record.payload, time));
                 }
             }
             batch.sort_by_key(|(time, _)| *time);
@@ -156,7 +151,7 @@ pub fn simulator_source<'scope>(
             if streams.iter_mut().all(|(_, s)| s.peek().is_none()) {
                 capability = None;
             } else {
-                cap.downgrade(&now.saturating_sub(allowed_lateness_ms));
+                cap.downgrade(&time.epoch(now.saturating_sub(time.allowed_lateness_ms)));
                 activator.activate();
             }
         }
@@ -169,21 +164,21 @@ fn stamp(
     delivered_at: EventTime,
     seq: u64,
     payload: SimPayload,
-    allowed_lateness_ms: u64,
+    time: TimeModel,
 ) -> (EventTime, Ingested) {
-    let watermark = delivered_at.saturating_sub(allowed_lateness_ms);
+    let watermark = delivered_at.saturating_sub(time.allowed_lateness_ms);
     let origin = Origin { stream: asset, offset: seq };
     let accept = |reading: Reading| {
         let late = reading.ts < watermark;
-        let time = if late { watermark } else { reading.ts };
-        (time, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
+        let stamp = time.epoch(if late { watermark } else { reading.ts });
+        (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
     };
     match payload {
         SimPayload::Reading(reading) => accept(reading),
         SimPayload::Malformed(text) => match decode_json(text.as_bytes()) {
             Ok(reading) => accept(reading),
             Err(rejection) => (
-                watermark,
+                time.epoch(watermark),
                 Ingested::Rejected(DeadLetter {
                     reason: rejection.reason,
                     detail: rejection.detail,

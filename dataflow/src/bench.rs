@@ -199,7 +199,7 @@ pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
     // SAFETY: read-only map of a file this process does not modify.
     let map = unsafe { memmap2::Mmap::map(&file) }?;
     let mut watermark = Watermark::new(config.allowed_lateness_ms);
-    let mut index: FxHashMap<String, u32> = FxHashMap::default();
+    let mut index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
     let mut sensors: Vec<SensorState> = Vec::new();
     let mut report = LoopReport { lines: 0, scored: 0, anomalies: 0, dead_letters: 0 };
     let mut rendered = 0usize;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Default allowed lateness: readings up to this much older than the newest seen are on time.
 pub const DEFAULT_ALLOWED_LATENESS_MS: u64 = 5_000;
 
+/// Default epoch: one second of event time per timely timestamp.
+pub const DEFAULT_EPOCH_MS: u64 = 1_000;
+
 /// Everything that shapes what the pipeline computes. The same settings give the same outputs
 /// for any number of workers and processes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +19,10 @@ pub const DEFAULT_ALLOWED_LATENESS_MS: u64 = 5_000;
 pub struct PipelineConfig {
     /// How far behind the newest event time a reading may arrive and still be on time, in ms.
     pub allowed_lateness_ms: u64,
+    /// Granularity of timely timestamps, in ms: event times are rounded down to it. Coarser
+    /// epochs cut coordination between workers; results do not depend on it, outputs are
+    /// flushed once per epoch.
+    pub epoch_ms: u64,
     /// What to do with late readings: `keep` (flagged, not scored) or `dead_letter`.
     pub late_policy: LatePolicy,
     /// Write `scores.jsonl`: one line per accepted reading.
@@ -30,6 +37,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             allowed_lateness_ms: DEFAULT_ALLOWED_LATENESS_MS,
+            epoch_ms: DEFAULT_EPOCH_MS,
             late_policy: LatePolicy::Keep,
             emit_scores: false,
             detector: RobustZConfig::default(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use millstream_connectors::file::file_source;
 use millstream_connectors::plant_source::simulator_source;
-use millstream_events::{EventTime, Ingested};
+use millstream_events::{EventTime, Ingested, TimeModel};
 use millstream_sinks::{JsonlSink, LineSink, SinkSpec, StdoutSink};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
@@ -22,10 +22,13 @@ pub fn build<'scope>(
     sinks: &[SinkSpec],
     context: Arc<ScoreContext>,
 ) -> ProbeHandle<EventTime> {
-    let lateness = context.config.allowed_lateness_ms;
+    let time = TimeModel {
+        allowed_lateness_ms: context.config.allowed_lateness_ms,
+        epoch_ms: context.config.epoch_ms,
+    };
     let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
-        OpenedSource::File(input) => file_source(scope, Arc::clone(input), lateness),
-        OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), lateness),
+        OpenedSource::File(input) => file_source(scope, Arc::clone(input), time),
+        OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),
     };
     let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
     let stats = Arc::clone(&context.stats);

@@ -39,7 +39,7 @@ pub fn score_readings<'scope>(
 ) -> Stream<'scope, EventTime, Vec<OutputLine>> {
     let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
     accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
-        let mut sensor_index: FxHashMap<String, u32> = FxHashMap::default();
+        let mut sensor_index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
         let mut sensors: Vec<SensorState> = Vec::new();
         let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
@@ -160,8 +160,8 @@ pub fn anomalies_of(reading: &Reading, verdict: &Verdict, stuck: bool, rule: &St
     let mut out = Vec::new();
     let event = |detector: &str, score: f64, severity: Severity, explanation: String| Anomaly {
         event_id: event_id("anomaly", detector, &reading.sensor_id, reading.ts),
-        sensor_id: reading.sensor_id.clone(),
-        asset_id: reading.asset_id.clone(),
+        sensor_id: reading.sensor_id.to_string(),
+        asset_id: reading.asset_id.to_string(),
         ts: reading.ts,
         value: reading.value,
         score,

@@ -50,7 +50,7 @@ pub struct Anomaly {
 /// The score of one accepted reading, as written to `scores.jsonl` with `--emit-scores`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredReading {
-    pub sensor_id: String,
+    pub sensor_id: compact_str::CompactString,
     #[serde(
         serialize_with = "crate::time::serialize_rfc3339",
         deserialize_with = "crate::time::deserialize_event_time"

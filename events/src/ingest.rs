@@ -39,6 +39,30 @@ impl Ingested {
     }
 }
 
+/// How sources turn event time into timely time.
+///
+/// Lateness is decided on exact event times; the timely timestamp is the event time rounded
+/// down to an epoch of `epoch_ms`. Coarser epochs mean fewer distinct timestamps, so less
+/// progress-tracking traffic between workers; within an epoch, operators still order readings
+/// by their exact event time, so results do not depend on the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeModel {
+    pub allowed_lateness_ms: u64,
+    pub epoch_ms: u64,
+}
+
+impl TimeModel {
+    /// The timely timestamp of event time `t`.
+    pub fn epoch(&self, t: EventTime) -> EventTime {
+        t - t % self.epoch_ms.max(1)
+    }
+
+    /// A fresh watermark with this model's allowed lateness.
+    pub fn watermark(&self) -> Watermark {
+        Watermark::new(self.allowed_lateness_ms)
+    }
+}
+
 /// Allowed lateness arithmetic shared by every source: the watermark is the largest event
 /// time seen less the allowed lateness, and a record older than the watermark is late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +108,14 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_round_down() {
+        let model = TimeModel { allowed_lateness_ms: 0, epoch_ms: 1000 };
+        assert_eq!(model.epoch(1_999), 1_000);
+        assert_eq!(model.epoch(2_000), 2_000);
+        assert_eq!(TimeModel { epoch_ms: 0, ..model }.epoch(1_999), 1_999);
+    }
 
     #[test]
     fn jitter_within_lateness_is_not_late() {

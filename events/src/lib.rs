@@ -19,9 +19,11 @@ pub mod output;
 pub mod reading;
 pub mod time;
 
+pub use compact_str::CompactString;
+
 pub use anomaly::{Anomaly, ScoredReading, Severity};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
-pub use ingest::{Accepted, Ingested, RawRef, Watermark};
+pub use ingest::{Accepted, Ingested, RawRef, TimeModel, Watermark};
 pub use output::{OutputKind, OutputLine};
 pub use reading::{Origin, Reading};
 

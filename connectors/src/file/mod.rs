@@ -140,13 +140,25 @@ impl FileInput {
     }
 
     /// Decodes one chunk; `csv` is this worker's copy of the header (it holds parse buffers).
+    #[cfg(test)]
     pub(crate) fn decode_chunk(
         &self,
         chunk: u64,
         csv: &mut Option<CsvHeader>,
     ) -> (ChunkSummary, Vec<ChunkRecord>) {
+        self.decode_chunk_into(chunk, csv, Vec::new())
+    }
+
+    /// Decodes one chunk into `records` (cleared first), reusing its allocation.
+    pub(crate) fn decode_chunk_into(
+        &self,
+        chunk: u64,
+        csv: &mut Option<CsvHeader>,
+        mut records: Vec<ChunkRecord>,
+    ) -> (ChunkSummary, Vec<ChunkRecord>) {
         let (start, bytes) = self.chunk_bytes(chunk);
-        let mut records = Vec::with_capacity(bytes.len() / 64);
+        records.clear();
+        records.reserve(bytes.len() / 64);
         let mut max_ts: Option<EventTime> = None;
         let mut lines = 0u64;
         let mut pos = 0usize;

@@ -1,10 +1,12 @@
 //! The timely operators of the file source: decode (per worker, its own chunks) and classify
 //! (file-order lateness and line numbers, from every worker's chunk summaries).
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use millstream_events::{Accepted, EventTime, Ingested, Origin, Watermark};
+use millstream_events::{Accepted, EventTime, Ingested, Origin, TimeModel, Watermark};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::source;
@@ -28,37 +30,82 @@ enum Decoded {
 pub fn file_source<'scope>(
     scope: Scope<'scope, EventTime>,
     input: Arc<FileInput>,
-    allowed_lateness_ms: u64,
+    time: TimeModel,
 ) -> Stream<'scope, EventTime, Vec<Ingested>> {
-    let decoded = decode_stage(scope, Arc::clone(&input), allowed_lateness_ms);
+    // Chunk buffers go from the decode stage to the classify stage of the same worker and
+    // back: a chunk's records are a large allocation, and reusing it avoids the page faults
+    // of fresh memory for every chunk.
+    let pool = BufferPool::default();
+    let flow = FlowControl::default();
+    let decoded = decode_stage(scope, Arc::clone(&input), time, pool.clone(), flow.clone());
     let (summaries, batches) = decoded.ok_err::<Vec<_>, _, Vec<_>, _, _>(|d| match d {
         Decoded::Summary(s) => Ok(s),
         Decoded::Batch { chunk, records } => Err((chunk, records)),
     });
-    classify_stage(batches, summaries.broadcast(), input, allowed_lateness_ms)
+    classify_stage(batches, summaries.broadcast(), input, time, pool, flow)
+}
+
+/// How far a worker may decode ahead of the slowest: chunks beyond `folded + peers × AHEAD`
+/// wait. Without it one worker can race through the file while the frontier, held by the
+/// slowest worker, keeps everything it decoded buffered (a third of the file, measured).
+const AHEAD: u64 = 2;
+
+/// Shared by one worker's decode and classify stages: how many chunks (from the start of the
+/// file) have been summarised by all workers, and how to wake the decoder when that grows.
+#[derive(Clone, Default)]
+struct FlowControl {
+    folded: Rc<Cell<u64>>,
+    decoder: Rc<RefCell<Option<timely::scheduling::Activator>>>,
+}
+
+/// Spare chunk buffers of one worker, shared by its decode and classify stages.
+#[derive(Clone, Default)]
+struct BufferPool(Rc<RefCell<Vec<Vec<ChunkRecord>>>>);
+
+impl BufferPool {
+    /// At most this many spare buffers are kept (one per chunk in flight is plenty).
+    const SPARES: usize = 4;
+
+    fn take(&self) -> Vec<ChunkRecord> {
+        self.0.borrow_mut().pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut buffer: Vec<ChunkRecord>) {
+        buffer.clear();
+        let mut spares = self.0.borrow_mut();
+        if spares.len() < Self::SPARES {
+            spares.push(buffer);
+        }
+    }
 }
 
 fn decode_stage<'scope>(
     scope: Scope<'scope, EventTime>,
     input: Arc<FileInput>,
-    allowed_lateness_ms: u64,
+    time: TimeModel,
+    pool: BufferPool,
+    flow: FlowControl,
 ) -> Stream<'scope, EventTime, Vec<Decoded>> {
     let (index, peers) = (scope.index() as u64, scope.peers() as u64);
     source(scope, "FileDecode", move |capability, info| {
         let activator = scope.activator_for(info.address);
+        *flow.decoder.borrow_mut() = Some(activator.clone());
         let mut capability = Some(capability);
         let mut next_chunk = index;
         let mut csv = input.csv_header();
         // Largest timestamp in this worker's chunks so far: a lower bound for the file-order
         // watermark of every later chunk, so it is safe to hold time back only this far.
-        let mut local = Watermark::new(allowed_lateness_ms);
+        let mut local = time.watermark();
         move |output| {
             let Some(cap) = capability.as_mut() else { return };
             if next_chunk >= input.chunk_count() {
                 capability = None;
                 return;
             }
-            let (summary, records) = input.decode_chunk(next_chunk, &mut csv);
+            if next_chunk >= flow.folded.get() + AHEAD * peers {
+                return; // the classify stage wakes us when the others catch up
+            }
+            let (summary, records) = input.decode_chunk_into(next_chunk, &mut csv, pool.take());
             {
                 let mut session = output.session(&*cap);
                 session.give(Decoded::Batch { chunk: next_chunk, records });
@@ -67,7 +114,7 @@ fn decode_stage<'scope>(
             if let Some(max) = summary.max_ts {
                 local.observe(max);
             }
-            cap.downgrade(&local.time());
+            cap.downgrade(&time.epoch(local.time()));
             next_chunk += peers;
             activator.activate();
         }
@@ -85,7 +132,9 @@ fn classify_stage<'scope>(
     batches: Stream<'scope, EventTime, Vec<(u64, Vec<ChunkRecord>)>>,
     summaries: Stream<'scope, EventTime, Vec<ChunkSummary>>,
     input: Arc<FileInput>,
-    allowed_lateness_ms: u64,
+    time: TimeModel,
+    pool: BufferPool,
+    flow: FlowControl,
 ) -> Stream<'scope, EventTime, Vec<Ingested>> {
     batches.binary_frontier(summaries, Pipeline, Pipeline, "FileClassify", move |_, _| {
         let mut pending: BTreeMap<u64, (Capability<EventTime>, Vec<ChunkRecord>)> = BTreeMap::new();
@@ -114,26 +163,35 @@ fn classify_stage<'scope>(
                 };
                 next_to_fold += 1;
             }
+            if next_to_fold > flow.folded.get() {
+                flow.folded.set(next_to_fold);
+                if let Some(decoder) = flow.decoder.borrow().as_ref() {
+                    decoder.activate();
+                }
+            }
             while let Some(entry) = pending.first_entry() {
                 let chunk = *entry.key();
                 let Some(prefix) = prefixes.remove(&chunk) else { break };
                 let (cap, records) = entry.remove();
-                let mut watermark = Watermark::resume(prefix.max_before, allowed_lateness_ms);
+                let mut watermark = Watermark::resume(prefix.max_before, time.allowed_lateness_ms);
                 let mut run_time = None;
                 let mut run: Vec<Ingested> = Vec::new();
-                for record in records {
-                    let (time, item) = classify(record, prefix, &mut watermark, *cap.time(), &input);
-                    if run_time != Some(time) {
+                let mut records = records;
+                for record in records.drain(..) {
+                    let (stamp, item) = classify(record, prefix, &mut watermark, *cap.time(), &input);
+                    let stamp = time.epoch(stamp);
+                    if run_time != Some(stamp) {
                         if let Some(t) = run_time {
                             output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
                         }
-                        run_time = Some(time);
+                        run_time = Some(stamp);
                     }
                     run.push(item);
                 }
                 if let Some(t) = run_time {
                     output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
                 }
+                pool.give(records);
             }
         }
     })

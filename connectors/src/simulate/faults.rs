@@ -291,7 +291,7 @@ pub fn malformed_line(variant: u8, r: &Reading) -> String {
         }
         // An empty sensor id.
         _ => {
-            let empty = Reading { sensor_id: String::new(), ..r.clone() };
+            let empty = Reading { sensor_id: Default::default(), ..r.clone() };
             reading_json(&empty, &ts, &value)
         }
     }

@@ -35,11 +35,11 @@ pub(crate) fn build_reading(
         _ => Reading::default_asset_id(sensor_id),
     };
     Ok(Reading {
-        sensor_id: sensor_id.to_owned(),
-        asset_id: asset_id.to_owned(),
+        sensor_id: sensor_id.into(),
+        asset_id: asset_id.into(),
         ts,
         value,
-        unit: unit.map(str::to_owned),
+        unit: unit.map(Into::into),
     })
 }
 
