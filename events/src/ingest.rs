@@ -129,3 +129,29 @@ mod tests {
         assert_eq!(wm.time(), 15_000);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A reading is late exactly when it is older than the largest earlier on-time
+        /// timestamp less the allowed lateness; the watermark never goes back.
+        #[test]
+        fn lateness_matches_its_definition(ts in prop::collection::vec(0u64..100_000, 0..200), lateness in 0u64..20_000) {
+            let mut wm = Watermark::new(lateness);
+            let mut max_on_time: Option<u64> = None;
+            let mut last_time = 0;
+            for t in ts {
+                let expected = max_on_time.is_some_and(|m| t < m.saturating_sub(lateness));
+                prop_assert_eq!(wm.observe(t), expected);
+                if !expected {
+                    max_on_time = Some(max_on_time.map_or(t, |m| m.max(t)));
+                }
+                prop_assert!(wm.time() >= last_time);
+                last_time = wm.time();
+            }
+        }
+    }
+}

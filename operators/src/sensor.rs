@@ -214,3 +214,62 @@ mod tests {
         assert_eq!(count, 10, "late readings never reach the detector");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    proptest! {
+        /// On-time readings in event-time order: exactly the exact repeats are duplicates,
+        /// everything else is scored, and the detector sees each scored reading once.
+        #[test]
+        fn on_time_duplicates_are_exactly_the_repeats(
+            steps in prop::collection::vec((0u64..3, prop::collection::vec(0u8..4, 1..4)), 1..80)
+        ) {
+            let mut state = SensorState::default();
+            let (mut ts, mut seen, mut scored) = (0u64, HashSet::new(), 0u64);
+            for (advance, values) in steps {
+                ts += advance;
+                for v in values {
+                    let value = f64::from(v);
+                    let fresh = seen.insert((ts, v));
+                    let outcome = state.process(ts, value, false, LatePolicy::Keep,
+                        &RobustZConfig::default(), &StuckConfig::default());
+                    match outcome {
+                        Outcome::Scored { .. } => { prop_assert!(fresh); scored += 1; }
+                        Outcome::Rejected(Reason::Duplicate) => prop_assert!(!fresh),
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
+            prop_assert_eq!(state.detector().count(), scored);
+        }
+
+        /// Late readings never reach the detector, whatever the policy.
+        #[test]
+        fn late_readings_skip_the_detector(
+            values in prop::collection::vec(-1e6f64..1e6, 1..60),
+            late_mask in prop::collection::vec(any::<bool>(), 60),
+            dead_letter in any::<bool>(),
+        ) {
+            let policy = if dead_letter { LatePolicy::DeadLetter } else { LatePolicy::Keep };
+            let mut state = SensorState::default();
+            let mut on_time = 0;
+            for (i, value) in values.iter().enumerate() {
+                let late = late_mask[i];
+                let outcome = state.process(1000 + i as u64, *value, late, policy,
+                    &RobustZConfig::default(), &StuckConfig::default());
+                match (late, outcome) {
+                    (false, Outcome::Scored { .. }) => on_time += 1,
+                    (true, Outcome::LateKept) => prop_assert_eq!(policy, LatePolicy::Keep),
+                    (true, Outcome::Rejected(Reason::Late)) => prop_assert_eq!(policy, LatePolicy::DeadLetter),
+                    (_, Outcome::Rejected(Reason::Duplicate)) => {}
+                    (late, other) => prop_assert!(false, "late={late}: {other:?}"),
+                }
+            }
+            prop_assert_eq!(state.detector().count(), on_time);
+        }
+    }
+}
