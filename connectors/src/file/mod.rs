@@ -164,7 +164,10 @@ impl FileInput {
         let mut pos = 0usize;
         while pos < bytes.len() {
             let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i + 1);
-            let line = trim_line_end(&bytes[pos..end]);
+            let mut line = trim_line_end(&bytes[pos..end]);
+            if chunk == 0 && pos == 0 {
+                line = strip_bom(line);
+            }
             let line_in_chunk = lines;
             lines += 1;
             let is_header = chunk == 0 && pos == 0 && csv.is_some();
@@ -225,7 +228,7 @@ impl FileInput {
 /// the contract's columns, are CSV; everything else is JSON lines.
 fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, CsvHeaderError> {
     let first_line_end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
-    let first_line = trim_line_end(&bytes[..first_line_end]);
+    let first_line = strip_bom(trim_line_end(&bytes[..first_line_end]));
     let is_csv_extension = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let looks_like_json = first_line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if is_csv_extension {
@@ -237,6 +240,11 @@ fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, CsvHeaderError> {
         }
     }
     Ok(Format::JsonLines)
+}
+
+/// Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the record.
+fn strip_bom(line: &[u8]) -> &[u8] {
+    line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
 }
 
 /// Chunk starts: every `chunk_bytes`, moved forward to the start of the next line.
@@ -315,6 +323,17 @@ mod tests {
         assert_eq!(summary.max_ts, Some(5));
         let ChunkRecord::Reading { raw, .. } = &records[0] else { panic!("not accepted") };
         assert_eq!(input.raw_text(*raw), "{\"sensor_id\":\"a\",\"ts\":5,\"value\":1}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_record() {
+        let path = write_temp("bom.csv", "\u{feff}sensor_id,ts,value\na/b,1,2\n");
+        let input = FileInput::open(&path).unwrap();
+        let (_, records) = input.decode_chunk(0, &mut input.csv_header());
+        assert!(matches!(records.as_slice(), [ChunkRecord::Reading { .. }]));
+        let path = write_temp("bom.jsonl", "\u{feff}{\"sensor_id\":\"a\",\"ts\":5,\"value\":1}\n");
+        let (_, records) = FileInput::open(&path).unwrap().decode_chunk(0, &mut None);
+        assert!(matches!(records.as_slice(), [ChunkRecord::Reading { .. }]));
     }
 
     #[test]
