@@ -48,7 +48,7 @@ pub fn file_source<'scope>(
 /// How far a worker may decode ahead of the slowest: chunks beyond `folded + peers × AHEAD`
 /// wait. Without it one worker can race through the file while the frontier, held by the
 /// slowest worker, keeps everything it decoded buffered (a third of the file, measured).
-const AHEAD: u64 = 2;
+const AHEAD: u64 = 4;
 
 /// Shared by one worker's decode and classify stages: how many chunks (from the start of the
 /// file) have been summarised by all workers, and how to wake the decoder when that grows.
