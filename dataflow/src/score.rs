@@ -7,7 +7,7 @@ use std::sync::Arc;
 use millstream_connectors::RecordResolver;
 use millstream_events::event_id::event_id;
 use millstream_events::{
-    Accepted, Anomaly, DeadLetter, EventTime, OutputKind, OutputLine, Reading, Reason, ScoredReading,
+    Accepted, Anomaly, DeadLetter, EventTime, Origin, OutputKind, OutputLine, Reading, Reason, ScoredReading,
     Severity,
 };
 use millstream_operators::detector::{explain, RobustZ, Verdict};
@@ -44,6 +44,7 @@ pub fn score_readings<'scope>(
         let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
         let mut lines = Vec::new();
+        let mut order: Vec<(u32, EventTime, Origin, u32)> = Vec::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
@@ -71,18 +72,20 @@ pub fn score_readings<'scope>(
                 if frontier.less_equal(&time) {
                     break;
                 }
-                let mut group = entry.remove();
+                let group = entry.remove();
                 // Per sensor, by event time, ties by where the reading was read: the first copy
-                // of an exact repeat is the one kept.
-                let key = |(i, a): &(u32, Accepted)| (*i, a.reading.ts, a.origin);
-                // Usually already in order (sources emit sensors in a stable order); checking
-                // is far cheaper than moving the records.
-                if !group.is_sorted_by_key(key) {
-                    group.sort_unstable_by_key(key);
+                // of an exact repeat is the one kept. Sort small keys, not the records: with
+                // several workers an epoch's records arrive interleaved from every source.
+                order.clear();
+                order.extend(
+                    group.iter().enumerate().map(|(pos, (i, a))| (*i, a.reading.ts, a.origin, pos as u32)),
+                );
+                if !order.is_sorted() {
+                    order.sort_unstable();
                 }
                 context.stats.readings.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                for (index, accepted) in group {
-                    process(&mut sensors[index as usize], accepted, time, &context, &mut lines);
+                for &(index, _, _, pos) in &order {
+                    process(&mut sensors[index as usize], &group[pos as usize].1, time, &context, &mut lines);
                 }
                 if !lines.is_empty() {
                     output.session(&cap.delayed(&time)).give_iterator(lines.drain(..));
@@ -98,7 +101,7 @@ pub fn score_readings<'scope>(
 
 fn process(
     state: &mut SensorState,
-    accepted: Accepted,
+    accepted: &Accepted,
     time: EventTime,
     context: &ScoreContext,
     lines: &mut Vec<OutputLine>,
@@ -117,7 +120,7 @@ fn process(
         Outcome::Scored { verdict, stuck } => {
             RunStats::add(&context.stats.scored, 1);
             if config.emit_scores {
-                lines.push(render_score(&accepted, verdict.score, false));
+                lines.push(render_score(accepted, verdict.score, false));
             }
             for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
                 RunStats::add(&context.stats.anomalies, 1);
@@ -127,7 +130,7 @@ fn process(
         Outcome::LateKept => {
             RunStats::add(&context.stats.late_kept, 1);
             if config.emit_scores {
-                lines.push(render_score(&accepted, 0.0, true));
+                lines.push(render_score(accepted, 0.0, true));
             }
         }
         Outcome::Rejected(reason) => {
@@ -147,8 +150,8 @@ fn process(
             let dead = DeadLetter {
                 reason,
                 detail,
-                raw: context.resolver.raw_text(&accepted),
-                source: context.resolver.location(&accepted),
+                raw: context.resolver.raw_text(accepted),
+                source: context.resolver.location(accepted),
             };
             lines.push(render_dead_letter(&dead));
         }
