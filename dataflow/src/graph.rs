@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use millstream_connectors::file::file_source;
 use millstream_connectors::plant_source::simulator_source;
-use millstream_events::{EventTime, Ingested, TimeModel};
+use millstream_events::{EventTime, Ingested, SinkEvent, TimeModel};
 use millstream_sinks::{JsonlSink, LineSink, SinkSpec, StdoutSink};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use crate::score::{render_dead_letter, score_readings, ScoreContext};
+use crate::render::render;
+use crate::score::{score_readings, ScoreContext};
 use crate::source::OpenedSource;
 
 /// Builds the graph into `scope`; the probe passes a time once every sink has written it.
@@ -34,9 +35,11 @@ pub fn build<'scope>(
     let stats = Arc::clone(&context.stats);
     let decode_dead_letters = rejected.map(move |dead| {
         stats.dead_letter(dead.reason);
-        render_dead_letter(&dead)
+        SinkEvent::DeadLetter(dead)
     });
-    let lines = score_readings(accepted, Arc::clone(&context)).concat(decode_dead_letters);
+    let events = score_readings(accepted, Arc::clone(&context)).concat(decode_dead_letters);
+    let emit_scores = context.config.emit_scores;
+    let lines = events.clone().flat_map(move |event| render(&event, emit_scores));
 
     let probe = ProbeHandle::new();
     for spec in sinks {

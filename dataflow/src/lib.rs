@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod graph;
+pub mod render;
 pub mod run;
 pub mod score;
 pub mod sink;

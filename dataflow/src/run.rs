@@ -98,8 +98,13 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     }
     let timely_config = cluster.timely_config()?;
     let opened = OpenedSource::open(&source)?;
-    let context =
-        Arc::new(ScoreContext { config: pipeline, resolver: opened.resolver(), stats: Arc::clone(&stats) });
+    let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
+    let context = Arc::new(ScoreContext {
+        config: pipeline,
+        resolver: opened.resolver(),
+        stats: Arc::clone(&stats),
+        emit_readings,
+    });
     let started = Instant::now();
     let guards = timely::execute(timely_config, move |worker| {
         let probe = worker

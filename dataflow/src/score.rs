@@ -7,8 +7,7 @@ use std::sync::Arc;
 use millstream_connectors::RecordResolver;
 use millstream_events::event_id::event_id;
 use millstream_events::{
-    Accepted, Anomaly, DeadLetter, EventTime, Origin, OutputKind, OutputLine, Reading, Reason, ScoredReading,
-    Severity,
+    Accepted, Anomaly, DeadLetter, EventTime, Origin, Reading, ReadingRow, Reason, Severity, SinkEvent,
 };
 use millstream_operators::detector::{explain, RobustZ, Verdict};
 use millstream_operators::sensor::{Outcome, SensorState, StuckConfig, STUCK_DETECTOR};
@@ -26,6 +25,9 @@ pub struct ScoreContext {
     pub config: PipelineConfig,
     pub resolver: Arc<dyn RecordResolver>,
     pub stats: Arc<RunStats>,
+    /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);
+    /// without it only anomalies and dead letters leave the stage.
+    pub emit_readings: bool,
 }
 
 /// Routes a sensor to a worker; a fixed hash, so every process agrees.
@@ -36,14 +38,14 @@ pub fn sensor_route(sensor_id: &str) -> u64 {
 pub fn score_readings<'scope>(
     accepted: Stream<'scope, EventTime, Vec<Accepted>>,
     context: Arc<ScoreContext>,
-) -> Stream<'scope, EventTime, Vec<OutputLine>> {
+) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
     let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
     accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
         let mut sensor_index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
         let mut sensors: Vec<SensorState> = Vec::new();
         let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
-        let mut lines = Vec::new();
+        let mut events: Vec<SinkEvent> = Vec::new();
         let mut order: Vec<(u32, EventTime, Origin, u32)> = Vec::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
@@ -85,10 +87,16 @@ pub fn score_readings<'scope>(
                 }
                 context.stats.readings.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for &(index, _, _, pos) in &order {
-                    process(&mut sensors[index as usize], &group[pos as usize].1, time, &context, &mut lines);
+                    process(
+                        &mut sensors[index as usize],
+                        &group[pos as usize].1,
+                        time,
+                        &context,
+                        &mut events,
+                    );
                 }
-                if !lines.is_empty() {
-                    output.session(&cap.delayed(&time)).give_iterator(lines.drain(..));
+                if !events.is_empty() {
+                    output.session(&cap.delayed(&time)).give_iterator(events.drain(..));
                 }
             }
             match pending.first_key_value() {
@@ -104,7 +112,7 @@ fn process(
     accepted: &Accepted,
     time: EventTime,
     context: &ScoreContext,
-    lines: &mut Vec<OutputLine>,
+    events: &mut Vec<SinkEvent>,
 ) {
     let config = &context.config;
     let reading = &accepted.reading;
@@ -119,18 +127,18 @@ fn process(
     match outcome {
         Outcome::Scored { verdict, stuck } => {
             RunStats::add(&context.stats.scored, 1);
-            if config.emit_scores {
-                lines.push(render_score(accepted, verdict.score, false));
+            if context.emit_readings {
+                events.push(reading_event(accepted, verdict.score, false));
             }
             for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
                 RunStats::add(&context.stats.anomalies, 1);
-                lines.push(OutputLine { kind: OutputKind::Anomaly, json: to_json(&anomaly) });
+                events.push(SinkEvent::Anomaly(anomaly));
             }
         }
         Outcome::LateKept => {
             RunStats::add(&context.stats.late_kept, 1);
-            if config.emit_scores {
-                lines.push(render_score(accepted, 0.0, true));
+            if context.emit_readings {
+                events.push(reading_event(accepted, 0.0, true));
             }
         }
         Outcome::Rejected(reason) => {
@@ -153,7 +161,7 @@ fn process(
                 raw: context.resolver.raw_text(accepted),
                 source: context.resolver.location(accepted),
             };
-            lines.push(render_dead_letter(&dead));
+            events.push(SinkEvent::DeadLetter(dead));
         }
     }
 }
@@ -186,16 +194,14 @@ pub fn anomalies_of(reading: &Reading, verdict: &Verdict, stuck: bool, rule: &St
 /// Score of a stuck-sensor event: certain, but not as urgent as an extreme outlier.
 const STUCK_SCORE: f64 = 0.8;
 
-fn render_score(accepted: &Accepted, score: f64, late: bool) -> OutputLine {
+fn reading_event(accepted: &Accepted, score: f64, late: bool) -> SinkEvent {
     let r = &accepted.reading;
-    let scored = ScoredReading { sensor_id: r.sensor_id.clone(), ts: r.ts, value: r.value, score, late };
-    OutputLine { kind: OutputKind::Score, json: to_json(&scored) }
-}
-
-pub fn render_dead_letter(dead: &DeadLetter) -> OutputLine {
-    OutputLine { kind: OutputKind::DeadLetter, json: to_json(dead) }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("output records always serialize")
+    SinkEvent::Reading(ReadingRow {
+        sensor_id: r.sensor_id.clone(),
+        asset_id: r.asset_id.clone(),
+        ts: r.ts,
+        value: r.value,
+        score,
+        late,
+    })
 }

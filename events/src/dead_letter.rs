@@ -90,6 +90,36 @@ pub enum SourceLocation {
     Simulator { simulator: String, seq: u64 },
 }
 
+impl DeadLetter {
+    /// A deterministic id: the same refused record at the same place gets the same id on a
+    /// replay, so idempotent sinks store it once. 32 hex digits of XXH3-128 over the reason
+    /// and the source location.
+    pub fn id(&self) -> String {
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        hasher.update(self.reason.as_str().as_bytes());
+        hasher.update(&[0]);
+        match &self.source {
+            SourceLocation::File { file, line } => {
+                hasher.update(b"file\0");
+                hasher.update(file.as_bytes());
+                hasher.update(&line.to_le_bytes());
+            }
+            SourceLocation::Kafka { topic, partition, offset } => {
+                hasher.update(b"kafka\0");
+                hasher.update(topic.as_bytes());
+                hasher.update(&partition.to_le_bytes());
+                hasher.update(&offset.to_le_bytes());
+            }
+            SourceLocation::Simulator { simulator, seq } => {
+                hasher.update(b"simulator\0");
+                hasher.update(simulator.as_bytes());
+                hasher.update(&seq.to_le_bytes());
+            }
+        }
+        format!("{:032x}", hasher.digest128())
+    }
+}
+
 /// A refused record: reason, human-readable detail, the original text, and where it was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

@@ -39,3 +39,23 @@ pub struct OutputLine {
     pub kind: OutputKind,
     pub json: String,
 }
+
+/// An accepted reading on its way to the sinks (the `readings` table, `scores.jsonl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingRow {
+    pub sensor_id: compact_str::CompactString,
+    pub asset_id: compact_str::CompactString,
+    pub ts: crate::EventTime,
+    pub value: f64,
+    /// In `[0, 1]`; 0 for late readings.
+    pub score: f64,
+    pub late: bool,
+}
+
+/// What the pipeline hands to its sinks, typed; each sink renders what it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkEvent {
+    Reading(ReadingRow),
+    Anomaly(crate::Anomaly),
+    DeadLetter(crate::DeadLetter),
+}

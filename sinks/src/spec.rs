@@ -23,6 +23,13 @@ pub enum SinkSpecError {
     Unknown(String),
 }
 
+impl SinkSpec {
+    /// Whether the sink stores every accepted reading (not only anomalies and dead letters).
+    pub fn stores_readings(&self) -> bool {
+        false
+    }
+}
+
 impl std::str::FromStr for SinkSpec {
     type Err = SinkSpecError;
 
