@@ -54,6 +54,10 @@ pub fn build<'scope>(
                 Ok(Box::new(StdoutSink::default()) as Box<dyn LineSink>)
             }),
             SinkSpec::Null => crate::sink::discard_lines(lines.clone()),
+            SinkSpec::Postgres(url) => {
+                let rows = events.clone().concat(crate::aggregate::minute_aggregates(events.clone()));
+                crate::pg_sink::write_postgres(rows, url.clone(), crate::pg_sink::PgBatching::default())
+            }
         };
         written.probe_with(&probe);
     }

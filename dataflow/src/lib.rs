@@ -5,10 +5,13 @@
 //! per-sensor logic from `millstream-operators`, writers from `millstream-sinks`, all speaking
 //! `millstream-events`.
 
+pub mod aggregate;
 pub mod bench;
+pub mod bench_pg;
 pub mod config;
 pub mod demo;
 pub mod graph;
+pub mod pg_sink;
 pub mod render;
 pub mod run;
 pub mod score;

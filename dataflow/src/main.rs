@@ -37,6 +37,14 @@ enum Command {
     Demo(millstream::demo::DemoArgs),
     /// Measure end-to-end throughput (file → null at 1 and 2 workers) against a hand-written loop.
     Bench(millstream::bench::BenchArgs),
+    /// Apply pending database migrations (idempotent; refuses a tampered or newer schema).
+    Migrate {
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a password may also come from PGPASSWORD).
+        #[arg(long)]
+        database_url: String,
+    },
+    /// Measure the PostgreSQL sink against a raw binary COPY of the same rows.
+    BenchPostgres(millstream::bench_pg::BenchPostgresArgs),
     /// Internal: the benchmark's hand-written single loop over a file.
     #[command(hide = true)]
     BenchLoop { path: PathBuf },
@@ -70,6 +78,9 @@ struct RunArgs {
     /// Serve /metrics and /health/* on this address.
     #[arg(long)]
     http: Option<String>,
+    /// Apply pending migrations to every postgres:// sink before running.
+    #[arg(long)]
+    migrate: bool,
 }
 
 #[derive(Args, Clone)]
@@ -108,6 +119,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args),
         Command::Demo(args) => millstream::demo::demo(args),
         Command::Bench(args) => millstream::bench::bench(args),
+        Command::Migrate { database_url } => migrate(&database_url),
+        Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
         Command::BenchLoop { path } => millstream::bench::hand_written_loop(&path).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
         }),
@@ -122,6 +135,16 @@ fn main() -> ExitCode {
     }
 }
 
+fn migrate(url: &str) -> anyhow::Result<()> {
+    let report = millstream_sinks::postgres::migrate::migrate_blocking(url)?;
+    if report.applied.is_empty() {
+        eprintln!("millstream: database is up to date ({} migrations)", report.already);
+    } else {
+        eprintln!("millstream: applied {}", report.applied.join(", "));
+    }
+    Ok(())
+}
+
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         source,
@@ -133,7 +156,15 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         late_policy,
         stop_at_end,
         http,
+        migrate: apply_migrations,
     } = args;
+    if apply_migrations {
+        for sink in &sinks {
+            if let SinkSpec::Postgres(url) = sink {
+                migrate(url)?;
+            }
+        }
+    }
     if http.is_some() {
         anyhow::bail!("--http is not supported yet");
     }

@@ -24,7 +24,7 @@ pub use compact_str::CompactString;
 pub use anomaly::{Anomaly, ScoredReading, Severity};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
 pub use ingest::{Accepted, Ingested, RawRef, TimeModel, Watermark};
-pub use output::{OutputKind, OutputLine, ReadingRow, SinkEvent};
+pub use output::{MinuteRow, OutputKind, OutputLine, ReadingRow, SinkEvent};
 pub use reading::{Origin, Reading};
 
 /// Event time: milliseconds since the Unix epoch. This is also the timely timestamp.

@@ -52,10 +52,26 @@ pub struct ReadingRow {
     pub late: bool,
 }
 
+/// The current statistics of one sensor over one minute (a `readings_1m` row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinuteRow {
+    pub sensor_id: String,
+    /// Start of the minute, epoch ms.
+    pub minute: crate::EventTime,
+    pub count: i64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Population standard deviation.
+    pub stddev: f64,
+}
+
 /// What the pipeline hands to its sinks, typed; each sink renders what it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkEvent {
     Reading(ReadingRow),
     Anomaly(crate::Anomaly),
     DeadLetter(crate::DeadLetter),
+    /// A new value of a `readings_1m` row (database sinks only).
+    MinuteAggregate(MinuteRow),
 }

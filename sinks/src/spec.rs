@@ -11,13 +11,16 @@ pub enum SinkSpec {
     Stdout,
     /// `null`: discard (benchmarks).
     Null,
+    /// `postgres://…` or `postgresql://…`: readings, anomalies and dead letters in PostgreSQL
+    /// (TimescaleDB when available), idempotently.
+    Postgres(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkSpecError {
     #[error("sink `jsonl:` needs a directory, as in jsonl:out/")]
     MissingDirectory,
-    #[error("sink `{0}` is not supported yet (supported: jsonl:DIR, stdout, null)")]
+    #[error("sink `{0}` is not supported yet (supported: jsonl:DIR, stdout, null, postgres://…)")]
     NotYetSupported(String),
     #[error("unknown sink `{0}` (expected jsonl:DIR, stdout, null, postgres://…, kafka://HOST:PORT)")]
     Unknown(String),
@@ -26,7 +29,7 @@ pub enum SinkSpecError {
 impl SinkSpec {
     /// Whether the sink stores every accepted reading (not only anomalies and dead letters).
     pub fn stores_readings(&self) -> bool {
-        false
+        matches!(self, SinkSpec::Postgres(_))
     }
 }
 
@@ -43,12 +46,10 @@ impl std::str::FromStr for SinkSpec {
         match s {
             "stdout" => Ok(SinkSpec::Stdout),
             "null" => Ok(SinkSpec::Null),
-            _ if s.starts_with("postgres://")
-                || s.starts_with("postgresql://")
-                || s.starts_with("kafka://") =>
-            {
-                Err(SinkSpecError::NotYetSupported(s.split("://").next().unwrap_or(s).to_owned()))
+            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                Ok(SinkSpec::Postgres(s.to_owned()))
             }
+            _ if s.starts_with("kafka://") => Err(SinkSpecError::NotYetSupported("kafka".to_owned())),
             _ => Err(SinkSpecError::Unknown(s.to_owned())),
         }
     }
@@ -65,6 +66,7 @@ mod tests {
         assert_eq!("null".parse(), Ok(SinkSpec::Null));
         assert_eq!("jsonl:".parse::<SinkSpec>(), Err(SinkSpecError::MissingDirectory));
         assert!(matches!("kafka://h:1".parse::<SinkSpec>(), Err(SinkSpecError::NotYetSupported(_))));
+        assert_eq!("postgres://u@h/db".parse(), Ok(SinkSpec::Postgres("postgres://u@h/db".into())));
         assert!(matches!("ftp".parse::<SinkSpec>(), Err(SinkSpecError::Unknown(_))));
     }
 }
