@@ -149,3 +149,68 @@ fn a_database_outage_mid_run_loses_and_duplicates_nothing() {
     assert!(stderr.contains("retrying") || stderr.contains("circuit"), "the outage was seen: {stderr}");
     assert_database_matches(&url, &want);
 }
+
+#[test]
+fn tls_require_and_verify_full_and_a_wrong_root_is_refused() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL");
+    if pg.is_external() {
+        eprintln!("DATABASE_URL is set: the TLS test needs a server it can reconfigure; skipped");
+        return;
+    }
+    let root = pg.enable_tls().unwrap();
+    let url = pg.create_database("tls").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> =
+        (0..50).map(|i| reading_line("p/v", START_MS + i * 1000, i as f64, false)).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let source = format!("file:{}", input.display());
+
+    run_ok(&["run", "--source", &source, "--sink", &format!("{url}?sslmode=require"), "--migrate"]);
+    assert_eq!(count(&url, "readings"), 50);
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        url.replace("127.0.0.1", "localhost"),
+        root.display()
+    );
+    run_ok(&["run", "--source", &source, "--sink", &verified]);
+    assert_eq!(count(&url, "readings"), 50, "idempotent over TLS too");
+    let log = pg.log().unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("application_name=millstream") && l.contains("SSL enabled")),
+        "millstream's connections used TLS"
+    );
+
+    // A root that did not sign the server's certificate: refused at once, not retried forever.
+    let (other_key, other_cert) = (dir.path().join("other.key"), dir.path().join("other.crt"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&other_key)
+        .arg("-out")
+        .arg(&other_cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        url.replace("127.0.0.1", "localhost"),
+        other_cert.display()
+    );
+    let started = std::time::Instant::now();
+    let out = millstream().args(["run", "--source", &source, "--sink", &wrong]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "a bad certificate is not retried");
+}

@@ -124,6 +124,95 @@ impl TestPostgres {
         self.cluster("stop")?.stop("immediate")
     }
 
+    /// Turns TLS on with a certificate for `localhost` and `127.0.0.1` signed by a fresh test
+    /// CA (made with the `openssl` command), logs connections (so tests can see whether a
+    /// client used TLS), restarts, and returns the CA certificate's path: the root to trust
+    /// for `sslmode=verify-full`.
+    pub fn enable_tls(&self) -> Result<PathBuf> {
+        let cluster = self.cluster("enable TLS on")?;
+        let data = cluster.data_path();
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        let work = cluster.dir.path();
+        let (ca_key, ca_cert, csr, ext) =
+            (work.join("ca.key"), work.join("root.crt"), work.join("server.csr"), work.join("server.ext"));
+        std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+        let openssl = |args: &[&OsStr]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .context("cannot run openssl to make test certificates")?;
+            if !out.status.success() {
+                bail!("openssl {:?} failed: {}", args.first(), String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        };
+        let os = |s: &'static str| OsStr::new(s);
+        // A test CA, and a server certificate it signs (webpki refuses a CA as the end entity).
+        openssl(&[
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-days"),
+            os("2"),
+            os("-subj"),
+            os("/CN=millstream test CA"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            ca_cert.as_os_str(),
+        ])?;
+        openssl(&[
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=localhost"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ])?;
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca_cert.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("2"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            cert.as_os_str(),
+        ])?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if cluster.run_as.is_some() {
+            let (uid, gid) = user_ids(UNPRIVILEGED_USER)?;
+            for path in [&cert, &key] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .with_context(|| format!("cannot hand {} to {UNPRIVILEGED_USER}", path.display()))?;
+            }
+        }
+        append(&data.join("postgresql.conf"), "\nssl = on\nlog_connections = on\n")?;
+        cluster.stop("fast")?;
+        cluster.pg_ctl_start()?;
+        Ok(ca_cert)
+    }
+
+    /// The server's log so far (connections are logged once TLS is enabled).
+    pub fn log(&self) -> Result<String> {
+        let cluster = self.cluster("read the log of")?;
+        Ok(std::fs::read_to_string(cluster.log_path())?)
+    }
+
     /// Starts the server again on the same port and data directory.
     pub fn restart(&self) -> Result<()> {
         self.cluster("restart")?.pg_ctl_start()

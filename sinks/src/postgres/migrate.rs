@@ -15,7 +15,6 @@
 //! test fails until both agree.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -175,7 +174,7 @@ fn check_recorded(recorded: &[(i32, String, String)]) -> Result<(), MigrateError
     Ok(())
 }
 
-/// Connects to `url` (without TLS), migrates, disconnects. Builds its own current-thread
+/// Connects to `url`, migrates, disconnects. Builds its own current-thread
 /// runtime, so it must not be called from inside a tokio runtime.
 pub fn migrate_blocking(url: &str) -> Result<MigrationReport, MigrateError> {
     let runtime =
@@ -186,27 +185,19 @@ pub fn migrate_blocking(url: &str) -> Result<MigrationReport, MigrateError> {
     })
 }
 
-/// Connects without TLS and drives the connection on the current runtime. A connect timeout of
-/// 10 s applies unless the url sets `connect_timeout`.
+/// Connects (TLS as `sslmode` says, see [`super::connect`]) and drives the connection on the
+/// current runtime. A connect timeout of 10 s applies unless the url sets `connect_timeout`.
 async fn connect(url: &str) -> Result<Client, MigrateError> {
     let secrets = secrets_of(url);
     let shown = redact_url(url);
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        MigrateError::InvalidUrl { url: shown.clone(), detail: scrub(&e.to_string(), &secrets) }
+    let options = super::connect::ConnectOptions::from_url(url).map_err(|e| MigrateError::InvalidUrl {
+        url: shown.clone(),
+        detail: scrub(&e.to_string(), &secrets),
     })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    options
+        .connect()
         .await
-        .map_err(|e| MigrateError::Connect { url: shown, detail: scrub(&e.to_string(), &secrets) })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "migration connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(|e| MigrateError::Connect { url: shown, detail: scrub(&e.to_string(), &secrets) })
 }
 
 /// `url` fit to show: the password of a `postgres://user:password@…` url, and any `password`

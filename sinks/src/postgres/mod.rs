@@ -5,5 +5,6 @@
 //! retention when the extension can be used, plain PostgreSQL tables with BRIN time indexes
 //! otherwise.
 
+pub mod connect;
 pub mod migrate;
 pub mod writer;

@@ -20,8 +20,9 @@ use millstream_events::{Anomaly, DeadLetter, MinuteRow, ReadingRow};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use super::connect::ConnectOptions;
 use super::migrate::redact_url;
 
 /// Rows waiting for one transaction.
@@ -94,7 +95,7 @@ impl Default for Backoff {
 
 pub struct PgWriter {
     runtime: tokio::runtime::Runtime,
-    config: tokio_postgres::Config,
+    options: ConnectOptions,
     shown_url: String,
     client: Option<Client>,
     backoff: Backoff,
@@ -106,22 +107,15 @@ impl PgWriter {
     /// Prepares a writer for `url`; connects lazily. A password missing from the URL is taken
     /// from `PGPASSWORD`; the URL shown in logs and errors never carries one.
     pub fn new(url: &str, backoff: Backoff) -> Result<Self, PgSinkError> {
-        let shown_url = redact_url(url);
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| PgSinkError::Fatal { url: shown_url.clone(), message: format!("bad URL: {e}") })?;
-        if config.get_password().is_none() {
-            if let Ok(password) = std::env::var("PGPASSWORD") {
-                config.password(password);
-            }
-        }
-        config.application_name("millstream");
+        let options = ConnectOptions::from_url(url)
+            .map_err(|e| PgSinkError::Fatal { url: redact_url(url), message: e.to_string() })?;
+        let shown_url = options.shown_url().to_owned();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| PgSinkError::Fatal { url: shown_url.clone(), message: e.to_string() })?;
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        Ok(PgWriter { runtime, config, shown_url, client: None, backoff, failures: 0, jitter_state: seed })
+        Ok(PgWriter { runtime, options, shown_url, client: None, backoff, failures: 0, jitter_state: seed })
     }
 
     pub fn circuit(&self) -> Circuit {
@@ -147,7 +141,7 @@ impl PgWriter {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let outcome = self.runtime.block_on(attempt(&self.config, &mut self.client, batch));
+            let outcome = self.runtime.block_on(attempt(&self.options, &mut self.client, batch));
             match outcome {
                 Ok(replayed) => {
                     if self.failures >= self.backoff.open_after {
@@ -190,18 +184,12 @@ impl PgWriter {
 /// One try: connect if needed, then the whole batch in one transaction. Returns whether the
 /// idempotent (replay) path was taken.
 async fn attempt(
-    config: &tokio_postgres::Config,
+    options: &ConnectOptions,
     client: &mut Option<Client>,
     batch: &PgBatch,
 ) -> Result<bool, tokio_postgres::Error> {
     if client.as_ref().is_none_or(Client::is_closed) {
-        let (new_client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "postgres connection ended");
-            }
-        });
-        *client = Some(new_client);
+        *client = Some(options.connect().await?);
     }
     let client = client.as_mut().expect("connected above");
     let transaction = client.transaction().await?;
@@ -344,6 +332,9 @@ fn system_time(ts: millstream_events::EventTime) -> SystemTime {
 /// Connection-level failures (the server went away, is starting or shutting down, the
 /// network broke) and transaction conflicts are worth retrying; other SQL errors are not.
 fn retryable(error: &tokio_postgres::Error) -> bool {
+    if is_tls_configuration_error(error) {
+        return false;
+    }
     match error.code() {
         None => true,
         Some(code) => {
@@ -357,13 +348,35 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// A certificate that does not verify, or a server without TLS when TLS is required: waiting
+/// will not fix either.
+fn is_tls_configuration_error(error: &tokio_postgres::Error) -> bool {
+    let mut chain = Vec::new();
+    let mut current: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = current {
+        chain.push(e.to_string().to_ascii_lowercase());
+        current = e.source();
+    }
+    let text = chain.join(": ");
+    text.contains("certificate") || text.contains("server does not support tls")
+}
+
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) if db.code() == &SqlState::UNDEFINED_TABLE => {
             format!("{} (run `millstream migrate --database-url …` or `run --migrate` first)", db.message())
         }
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(e) = source {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                source = e.source();
+            }
+            text
+        }
     }
 }
 
