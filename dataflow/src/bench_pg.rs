@@ -136,6 +136,7 @@ fn simulated_rows(rows: usize) -> Vec<ReadingRow> {
                     out.push(ReadingRow {
                         sensor_id: r.sensor_id,
                         asset_id: r.asset_id,
+                        unit: r.unit,
                         ts: r.ts,
                         value: r.value,
                         score: 0.0,

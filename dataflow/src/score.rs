@@ -199,6 +199,7 @@ fn reading_event(accepted: &Accepted, score: f64, late: bool) -> SinkEvent {
     SinkEvent::Reading(ReadingRow {
         sensor_id: r.sensor_id.clone(),
         asset_id: r.asset_id.clone(),
+        unit: r.unit.clone(),
         ts: r.ts,
         value: r.value,
         score,

@@ -45,6 +45,7 @@ pub struct OutputLine {
 pub struct ReadingRow {
     pub sensor_id: compact_str::CompactString,
     pub asset_id: compact_str::CompactString,
+    pub unit: Option<compact_str::CompactString>,
     pub ts: crate::EventTime,
     pub value: f64,
     /// In `[0, 1]`; 0 for late readings.

@@ -220,6 +220,9 @@ async fn attempt(
             Err(error) => return Err(error),
         }
     }
+    if !batch.readings.is_empty() {
+        register_sensors(&transaction, &batch.readings).await?;
+    }
     if !batch.anomalies.is_empty() {
         let a = &batch.anomalies;
         let ids: Vec<&str> = a.iter().map(|x| x.event_id.as_str()).collect();
@@ -301,6 +304,41 @@ async fn attempt(
     }
     transaction.commit().await?;
     Ok(replayed)
+}
+
+/// Keeps the `sensors` registry current: every sensor seen, its asset, unit and kind (the last
+/// segment of its id). Rows are rewritten only when something changed. Physical ranges are
+/// configuration, not data, and stay as they are.
+async fn register_sensors(
+    transaction: &tokio_postgres::Transaction<'_>,
+    readings: &[ReadingRow],
+) -> Result<(), tokio_postgres::Error> {
+    // `readings` is sorted by sensor: the first row of each run describes the sensor.
+    let mut ids: Vec<&str> = Vec::new();
+    let mut assets: Vec<&str> = Vec::new();
+    let mut kinds: Vec<&str> = Vec::new();
+    let mut units: Vec<Option<&str>> = Vec::new();
+    for r in readings {
+        if ids.last() != Some(&r.sensor_id.as_str()) {
+            ids.push(r.sensor_id.as_str());
+            assets.push(r.asset_id.as_str());
+            kinds.push(r.sensor_id.rsplit('/').next().unwrap_or(""));
+            units.push(r.unit.as_deref());
+        }
+    }
+    transaction
+        .execute(
+            "INSERT INTO sensors (sensor_id, asset_id, kind, unit) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+             ON CONFLICT (sensor_id) DO UPDATE SET asset_id = EXCLUDED.asset_id, kind = EXCLUDED.kind, \
+             unit = COALESCE(EXCLUDED.unit, sensors.unit), updated_at = now() \
+             WHERE sensors.asset_id IS DISTINCT FROM EXCLUDED.asset_id \
+                OR sensors.kind IS DISTINCT FROM EXCLUDED.kind \
+                OR (EXCLUDED.unit IS NOT NULL AND sensors.unit IS DISTINCT FROM EXCLUDED.unit)",
+            &[&ids, &assets, &kinds, &units],
+        )
+        .await?;
+    Ok(())
 }
 
 async fn copy_readings(
