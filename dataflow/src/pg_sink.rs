@@ -1,22 +1,27 @@
 //! The `postgres://` sink stage: every worker writes its own share of the events over its own
 //! connection (so several connections work in parallel), in frontier-complete batches.
 //!
-//! A batch holds every event whose time the frontier has passed, gathered until it reaches
-//! `batch_rows` or has waited `max_delay`, or the input ends. The stage holds a capability for
-//! the oldest time not yet committed, so a probe after it passes a time only once that time's
-//! rows are durable; while a batch commits (or retries a lost connection) the worker blocks,
-//! which is backpressure rather than unbounded buffering.
+//! A batch holds events whose time the frontier has passed, gathered until it reaches
+//! `batch_rows` or has waited `max_delay`, or the input ends. Batches are committed by a
+//! writer thread of the worker, so the dataflow keeps computing while PostgreSQL commits (a
+//! pipeline); at most [`IN_FLIGHT`] batches are outstanding, and when that many are, the worker
+//! waits: backpressure, not unbounded buffering. The stage holds a capability for the oldest
+//! time not yet committed, so a probe after it passes a time only once its rows are durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use millstream_events::{EventTime, SinkEvent};
-use millstream_sinks::postgres::writer::{Backoff, PgBatch, PgWriter};
+use millstream_sinks::postgres::writer::{Backoff, PgBatch, PgWriter, WriteReport};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+
+/// Batches committing (or queued to commit) at once, per worker.
+pub const IN_FLIGHT: usize = 2;
 
 /// Batch shaping for the PostgreSQL sink.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +38,38 @@ impl Default for PgBatching {
     }
 }
 
+/// A worker's writer thread: batches in, acknowledgements out.
+struct WriterThread {
+    jobs: SyncSender<PgBatch>,
+    done: Receiver<Result<(WriteReport, PgBatch), String>>,
+}
+
+impl WriterThread {
+    fn spawn(url: &str, worker: usize, wake: timely::scheduling::SyncActivator) -> Self {
+        let mut writer = PgWriter::new(url, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
+        let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
+        let (acks, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("pg-writer-{worker}"))
+            .spawn(move || {
+                for mut batch in job_queue {
+                    let result =
+                        writer.write(&mut batch).map(|report| (report, batch)).map_err(|e| e.to_string());
+                    let failed = result.is_err();
+                    if acks.send(result).is_err() {
+                        return;
+                    }
+                    let _ = wake.activate();
+                    if failed {
+                        return;
+                    }
+                }
+            })
+            .expect("cannot start a PostgreSQL writer thread");
+        WriterThread { jobs, done }
+    }
+}
+
 pub fn write_postgres<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     url: String,
@@ -44,15 +81,41 @@ pub fn write_postgres<'scope>(
         Pipeline,
         "WritePostgres",
         move |_, info| {
-            let activator = scope.activator_for(info.address);
-            let mut writer =
-                PgWriter::new(&url, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
+            let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let thread = WriterThread::spawn(&url, worker, wake);
             let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
             let mut capability: Option<Capability<EventTime>> = None;
             let mut batch = PgBatch::default();
-            // The oldest time in `batch` (ready, not yet committed) and when it became ready.
+            // The oldest time in `batch` (ready, not yet sent) and when it became ready.
             let mut batch_since: Option<(EventTime, Instant)> = None;
+            // The oldest time of each batch sent and not yet acknowledged, in send order.
+            let mut in_flight: VecDeque<EventTime> = VecDeque::new();
+            // Emptied batches come back from the writer, to be filled again.
+            let mut spare: Vec<PgBatch> = Vec::new();
+            let acknowledge = move |ack: Result<(WriteReport, PgBatch), String>,
+                                    in_flight: &mut VecDeque<EventTime>,
+                                    spare: &mut Vec<PgBatch>| {
+                match ack {
+                    Ok((report, mut emptied)) => {
+                        tracing::debug!(
+                            worker,
+                            rows = report.rows,
+                            replayed = report.replayed,
+                            attempts = report.attempts,
+                            "postgres batch committed"
+                        );
+                        in_flight.pop_front();
+                        emptied.clear();
+                        spare.push(emptied);
+                    }
+                    Err(message) => fatal(&message),
+                }
+            };
             move |(input, frontier), _output| {
+                while let Ok(ack) = thread.done.try_recv() {
+                    acknowledge(ack, &mut in_flight, &mut spare);
+                }
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };
                     if capability.as_ref().is_none_or(|c| time < *c.time()) {
@@ -76,29 +139,35 @@ pub fn write_postgres<'scope>(
                     }
                     batch_since.get_or_insert((time, Instant::now()));
                 }
-                if let Some((_, since)) = batch_since {
+                if let Some((oldest, since)) = batch_since {
                     let due = batch.rows() >= batching.batch_rows
                         || frontier.is_empty()
                         || since.elapsed() >= batching.max_delay;
                     if due {
-                        match writer.write(&mut batch) {
-                            Ok(report) => tracing::debug!(
-                                worker,
-                                rows = report.rows,
-                                replayed = report.replayed,
-                                attempts = report.attempts,
-                                "postgres batch committed"
-                            ),
-                            Err(e) => fatal(&e.to_string()),
+                        // Backpressure: with the pipeline full, wait for a commit before sending.
+                        while in_flight.len() >= IN_FLIGHT {
+                            match thread.done.recv() {
+                                Ok(ack) => acknowledge(ack, &mut in_flight, &mut spare),
+                                Err(_) => fatal("the PostgreSQL writer thread stopped"),
+                            }
                         }
-                        batch.clear();
+                        let full = std::mem::replace(&mut batch, spare.pop().unwrap_or_default());
+                        if thread.jobs.send(full).is_err() {
+                            fatal("the PostgreSQL writer thread stopped");
+                        }
+                        in_flight.push_back(oldest);
                         batch_since = None;
                     } else {
                         activator.activate_after(batching.max_delay.saturating_sub(since.elapsed()));
                     }
                 }
-                let oldest =
-                    batch_since.map(|(t, _)| t).into_iter().chain(pending.keys().next().copied()).min();
+                let oldest = in_flight
+                    .front()
+                    .copied()
+                    .into_iter()
+                    .chain(batch_since.map(|(t, _)| t))
+                    .chain(pending.keys().next().copied())
+                    .min();
                 match (oldest, capability.as_mut()) {
                     (Some(time), Some(cap)) => cap.downgrade(&time),
                     _ => capability = None,

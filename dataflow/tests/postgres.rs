@@ -100,7 +100,10 @@ fn file_to_postgres_twice_writes_everything_once() {
     assert_eq!(late, input.late, "late readings are stored, flagged");
     assert_minutes_match_group_by(&url);
     assert_eq!(count(&url, "sensors"), 12, "every sensor is registered once");
-    assert_eq!(psql(&url, "SELECT asset_id || ' ' || kind FROM sensors WHERE sensor_id = 'line0-pump-01/temp'"), "line0-pump-01 temp");
+    assert_eq!(
+        psql(&url, "SELECT asset_id || ' ' || kind FROM sensors WHERE sensor_id = 'line0-pump-01/temp'"),
+        "line0-pump-01 temp"
+    );
 
     // A replay (as after a crash before offsets were committed) writes nothing twice.
     run_ok(&["run", "--source", &source, "--sink", &url]);
