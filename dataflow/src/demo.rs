@@ -68,6 +68,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         sinks: vec![SinkSpec::Jsonl(out.clone())],
         pipeline,
         cluster: ClusterOptions { workers, ..ClusterOptions::default() },
+        http: None,
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -56,7 +56,12 @@ pub fn build<'scope>(
             SinkSpec::Null => crate::sink::discard_lines(lines.clone()),
             SinkSpec::Postgres(url) => {
                 let rows = events.clone().concat(crate::aggregate::minute_aggregates(events.clone()));
-                crate::pg_sink::write_postgres(rows, url.clone(), crate::pg_sink::PgBatching::default())
+                crate::pg_sink::write_postgres(
+                    rows,
+                    url.clone(),
+                    crate::pg_sink::PgBatching::default(),
+                    Arc::clone(&context.health),
+                )
             }
         };
         written.probe_with(&probe);

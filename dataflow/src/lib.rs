@@ -11,6 +11,8 @@ pub mod bench_pg;
 pub mod config;
 pub mod demo;
 pub mod graph;
+pub mod health;
+pub mod http;
 pub mod pg_sink;
 pub mod render;
 pub mod run;

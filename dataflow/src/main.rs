@@ -75,7 +75,7 @@ struct RunArgs {
     /// Kafka only: stop, flushed and committed, at the end offsets of the start.
     #[arg(long)]
     stop_at_end: bool,
-    /// Serve /metrics and /health/* on this address.
+    /// Serve /health/live and /health/ready on this address (e.g. 127.0.0.1:9898).
     #[arg(long)]
     http: Option<String>,
     /// Apply pending migrations to every postgres:// sink before running.
@@ -165,9 +165,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if http.is_some() {
-        anyhow::bail!("--http is not supported yet");
-    }
     // Files and the simulator are finite: they always stop at their end.
     let _ = stop_at_end;
     let mut pipeline = match config {
@@ -182,7 +179,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     pipeline.emit_scores |= emit_scores;
     let stats = Arc::new(RunStats::default());
-    let report = run(RunPlan { source, sinks, pipeline, cluster: cluster.into() }, stats)?;
+    let report = run(RunPlan { source, sinks, pipeline, cluster: cluster.into(), http }, stats)?;
     let s = &report.stats;
     tracing::info!(
         readings = RunStats::get(&s.readings),

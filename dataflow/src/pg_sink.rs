@@ -10,15 +10,18 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millstream_events::{EventTime, SinkEvent};
-use millstream_sinks::postgres::writer::{Backoff, PgBatch, PgWriter, WriteReport};
+use millstream_sinks::postgres::writer::{Backoff, Circuit, PgBatch, PgWriter, WriteReport};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+
+use crate::health::{ComponentHealth, Health};
 
 /// Batches committing (or queued to commit) at once, per worker.
 pub const IN_FLIGHT: usize = 2;
@@ -45,8 +48,17 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn spawn(url: &str, worker: usize, wake: timely::scheduling::SyncActivator) -> Self {
+    fn spawn(url: &str, worker: usize, wake: timely::scheduling::SyncActivator, health: Arc<Health>) -> Self {
         let mut writer = PgWriter::new(url, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
+        let component = format!("postgres sink (worker {worker})");
+        health.set(&component, ComponentHealth::Ready);
+        writer.observe_circuit(Box::new(move |circuit, why| {
+            let state = match circuit {
+                Circuit::Closed => ComponentHealth::Ready,
+                Circuit::Open { .. } => ComponentHealth::NotReady(why.to_owned()),
+            };
+            health.set(&component, state);
+        }));
         let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
         let (acks, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -74,6 +86,7 @@ pub fn write_postgres<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     url: String,
     batching: PgBatching,
+    health: Arc<Health>,
 ) -> Stream<'scope, EventTime, Vec<()>> {
     let scope = events.scope();
     let worker = scope.index();
@@ -83,7 +96,7 @@ pub fn write_postgres<'scope>(
         move |_, info| {
             let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
-            let thread = WriterThread::spawn(&url, worker, wake);
+            let thread = WriterThread::spawn(&url, worker, wake, health);
             let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
             let mut capability: Option<Capability<EventTime>> = None;
             let mut batch = PgBatch::default();

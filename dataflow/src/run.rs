@@ -80,6 +80,8 @@ pub struct RunPlan {
     pub sinks: Vec<SinkSpec>,
     pub pipeline: PipelineConfig,
     pub cluster: ClusterOptions,
+    /// Serve `/health/*` on this address.
+    pub http: Option<String>,
 }
 
 /// What a finished run did in this process.
@@ -92,7 +94,12 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, pipeline, cluster } = plan;
+    let RunPlan { source, sinks, pipeline, cluster, http } = plan;
+    let health = Arc::new(crate::health::Health::default());
+    if let Some(addr) = http {
+        let bound = crate::http::serve(&addr, Arc::clone(&health))?;
+        tracing::info!(%bound, "serving /health/live and /health/ready");
+    }
     if sinks.is_empty() {
         bail!("at least one --sink is needed (jsonl:DIR, stdout or null)");
     }
@@ -103,6 +110,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         config: pipeline,
         resolver: opened.resolver(),
         stats: Arc::clone(&stats),
+        health,
         emit_readings,
     });
     let started = Instant::now();

@@ -20,11 +20,14 @@ use timely::dataflow::Stream;
 use crate::config::PipelineConfig;
 use crate::stats::RunStats;
 
-/// Everything the stage needs besides its input.
+/// Everything the stage (and the sinks after it) need besides the input: settings, the raw-text
+/// resolver, and the process's shared counters and health.
 pub struct ScoreContext {
     pub config: PipelineConfig,
     pub resolver: Arc<dyn RecordResolver>,
     pub stats: Arc<RunStats>,
+    /// Component health, for `/health/ready`.
+    pub health: Arc<crate::health::Health>,
     /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);
     /// without it only anomalies and dead letters leave the stage.
     pub emit_readings: bool,

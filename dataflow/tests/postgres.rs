@@ -129,29 +129,69 @@ fn run_without_migrations_says_what_to_do() {
     assert_eq!(count(&url, "readings"), 1);
 }
 
+/// A plain HTTP/1.1 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+/// Polls `/health/ready` until it answers `status`, for up to `within`.
+fn wait_for_ready_status(addr: &str, status: u16, within: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some((code, body)) = http_get(addr, "/health/ready") {
+            if code == status {
+                return Some(body);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
 #[test]
 fn a_database_outage_mid_run_loses_and_duplicates_nothing() {
     let pg = TestPostgres::start().expect("a throwaway PostgreSQL");
     let url = pg.create_database("outage").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // About 16 s of wall clock: 160 simulated seconds at 10× real time.
-    let source = "simulate:assets=3,steps=160,seed=5";
+    // About 22 s of wall clock: 220 simulated seconds at 10× real time.
+    let source = "simulate:assets=3,steps=220,seed=5";
     let want = expected(source, dir.path());
     run_ok(&["migrate", "--database-url", &url]);
     let paced = format!("{source},realtime=10");
+    let http = format!("127.0.0.1:{}", free_port());
     let child = millstream()
-        .args(["run", "--source", &paced, "--sink", &url, "--workers", "2"])
+        .args(["run", "--source", &paced, "--sink", &url, "--workers", "2", "--http", &http])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_for_ready_status(&http, 200, Duration::from_secs(5)).is_some(),
+        "ready while the database is up"
+    );
+    assert_eq!(http_get(&http, "/health/live").map(|r| r.0), Some(200));
+    std::thread::sleep(Duration::from_secs(2));
     pg.stop_immediate().unwrap();
-    std::thread::sleep(Duration::from_secs(10));
+    let body = wait_for_ready_status(&http, 503, Duration::from_secs(8))
+        .expect("not ready while the database is down");
+    assert!(body.contains("postgres sink") && body.contains("circuit open"), "{body}");
+    std::thread::sleep(Duration::from_secs(8));
     pg.restart().unwrap();
+    assert!(
+        wait_for_ready_status(&http, 200, Duration::from_secs(9)).is_some(),
+        "ready again once it is back"
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the run completes on its own: {stderr}");
-    assert!(stderr.contains("retrying") || stderr.contains("circuit"), "the outage was seen: {stderr}");
+    assert!(stderr.contains("circuit open"), "the outage was logged: {stderr}");
     assert_database_matches(&url, &want);
 }
 

@@ -93,7 +93,11 @@ impl Default for Backoff {
     }
 }
 
+/// Told when the circuit opens (with the last error) and when it closes again.
+pub type CircuitObserver = Box<dyn FnMut(Circuit, &str) + Send>;
+
 pub struct PgWriter {
+    observer: Option<CircuitObserver>,
     runtime: tokio::runtime::Runtime,
     options: ConnectOptions,
     shown_url: String,
@@ -115,7 +119,21 @@ impl PgWriter {
             .build()
             .map_err(|e| PgSinkError::Fatal { url: shown_url.clone(), message: e.to_string() })?;
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        Ok(PgWriter { runtime, options, shown_url, client: None, backoff, failures: 0, jitter_state: seed })
+        Ok(PgWriter {
+            observer: None,
+            runtime,
+            options,
+            shown_url,
+            client: None,
+            backoff,
+            failures: 0,
+            jitter_state: seed,
+        })
+    }
+
+    /// Calls `observer` whenever the circuit opens or closes (for health reporting).
+    pub fn observe_circuit(&mut self, observer: CircuitObserver) {
+        self.observer = Some(observer);
     }
 
     pub fn circuit(&self) -> Circuit {
@@ -146,6 +164,9 @@ impl PgWriter {
                 Ok(replayed) => {
                     if self.failures >= self.backoff.open_after {
                         tracing::warn!(url = %self.shown_url, "postgres sink circuit closed: writes succeed again");
+                        if let Some(observer) = self.observer.as_mut() {
+                            observer(Circuit::Closed, "");
+                        }
                     }
                     self.failures = 0;
                     return Ok(WriteReport { rows: batch.rows(), replayed, attempts });
@@ -157,6 +178,12 @@ impl PgWriter {
                     if self.failures == self.backoff.open_after {
                         tracing::error!(url = %self.shown_url, failures = self.failures, %error,
                             "postgres sink circuit open: retrying with backoff, nothing is dropped");
+                        let why =
+                            format!("circuit open after {} failures: {}", self.failures, describe(&error));
+                        let circuit = self.circuit();
+                        if let Some(observer) = self.observer.as_mut() {
+                            observer(circuit, &why);
+                        }
                     } else {
                         tracing::warn!(url = %self.shown_url, failures = self.failures, %error,
                             delay_ms = delay.as_millis() as u64, "postgres write failed; retrying");
