@@ -101,7 +101,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for (reason, n) in by_reason {
         println!("  {:<16} {n:>8}", reason.as_str());
     }
-    println!("Late readings kept (flagged, not scored): {}", RunStats::get(&stats.late_kept));
+    println!("Late readings kept (flagged, not scored): {}", stats.late_kept.get());
     println!("\nOutputs in {}/: anomalies.jsonl, dead_letters.jsonl, scores.jsonl", out.display());
     Ok(())
 }
@@ -116,10 +116,10 @@ fn spawn_progress(total: u64, stats: Arc<RunStats>, done: Arc<AtomicBool>) -> st
             .expect("template is valid"),
         );
         while !done.load(Ordering::Relaxed) {
-            bar.set_position(RunStats::get(&stats.readings) + stats.dead_letters_total());
+            bar.set_position(stats.readings.get() + stats.dead_letters_total());
             std::thread::sleep(Duration::from_millis(100));
         }
-        bar.set_position(RunStats::get(&stats.readings) + stats.dead_letters_total());
+        bar.set_position(stats.readings.get() + stats.dead_letters_total());
         bar.finish_and_clear();
     })
 }
@@ -153,6 +153,6 @@ fn json_report(evaluation: &Evaluation, stats: &RunStats, total: u64, seconds: f
             "anomalies": evaluation.overall.anomalies},
         "by_kind": kinds,
         "dead_letters": reasons,
-        "late_kept": RunStats::get(&stats.late_kept),
+        "late_kept": stats.late_kept.get(),
     })
 }

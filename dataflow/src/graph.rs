@@ -61,6 +61,7 @@ pub fn build<'scope>(
                     url.clone(),
                     crate::pg_sink::PgBatching::default(),
                     Arc::clone(&context.health),
+                    Arc::clone(&context.stats),
                 )
             }
         };

@@ -1,4 +1,4 @@
-//! The HTTP endpoint (`--http ADDR`): `/health/live` and `/health/ready`.
+//! The HTTP endpoint (`--http ADDR`): `/metrics`, `/health/live` and `/health/ready`.
 //!
 //! It runs on its own thread with a small tokio runtime, apart from the timely workers, so a
 //! busy or blocked worker never delays a health check.
@@ -13,9 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::health::Health;
+use crate::stats::RunStats;
 
 /// Binds `addr` now (so a bad address fails the start) and serves in the background.
-pub fn serve(addr: &str, health: Arc<Health>) -> anyhow::Result<SocketAddr> {
+pub fn serve(addr: &str, health: Arc<Health>, stats: Arc<RunStats>) -> anyhow::Result<SocketAddr> {
     let addr: SocketAddr =
         addr.parse().with_context(|| format!("--http {addr}: not an address like 127.0.0.1:9898"))?;
     let listener =
@@ -33,7 +34,8 @@ pub fn serve(addr: &str, health: Arc<Health>) -> anyhow::Result<SocketAddr> {
         runtime.block_on(async move {
             let app = Router::new()
                 .route("/health/live", get(|| async { Json(serde_json::json!({"status": "live"})) }))
-                .route("/health/ready", get(move || ready(Arc::clone(&health))));
+                .route("/health/ready", get(move || ready(Arc::clone(&health))))
+                .route("/metrics", get(move || metrics(Arc::clone(&stats))));
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
                     if let Err(error) = axum::serve(listener, app).await {
@@ -45,6 +47,10 @@ pub fn serve(addr: &str, health: Arc<Health>) -> anyhow::Result<SocketAddr> {
         });
     })?;
     Ok(bound)
+}
+
+async fn metrics(stats: Arc<RunStats>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], stats.render())
 }
 
 async fn ready(health: Arc<Health>) -> impl IntoResponse {

@@ -75,7 +75,7 @@ struct RunArgs {
     /// Kafka only: stop, flushed and committed, at the end offsets of the start.
     #[arg(long)]
     stop_at_end: bool,
-    /// Serve /health/live and /health/ready on this address (e.g. 127.0.0.1:9898).
+    /// Serve /metrics, /health/live and /health/ready on this address (e.g. 127.0.0.1:9898).
     #[arg(long)]
     http: Option<String>,
     /// Apply pending migrations to every postgres:// sink before running.
@@ -182,10 +182,10 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let report = run(RunPlan { source, sinks, pipeline, cluster: cluster.into(), http }, stats)?;
     let s = &report.stats;
     tracing::info!(
-        readings = RunStats::get(&s.readings),
-        anomalies = RunStats::get(&s.anomalies),
+        readings = s.readings.get(),
+        anomalies = s.anomalies_total(),
         dead_letters = s.dead_letters_total(),
-        late_kept = RunStats::get(&s.late_kept),
+        late_kept = s.late_kept.get(),
         elapsed_ms = report.elapsed.as_millis() as u64,
         "run complete"
     );

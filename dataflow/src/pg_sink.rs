@@ -22,6 +22,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::health::{ComponentHealth, Health};
+use crate::stats::RunStats;
 
 /// Batches committing (or queued to commit) at once, per worker.
 pub const IN_FLIGHT: usize = 2;
@@ -48,25 +49,45 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn spawn(url: &str, worker: usize, wake: timely::scheduling::SyncActivator, health: Arc<Health>) -> Self {
+    fn spawn(
+        url: &str,
+        worker: usize,
+        wake: timely::scheduling::SyncActivator,
+        health: Arc<Health>,
+        stats: Arc<RunStats>,
+    ) -> Self {
         let mut writer = PgWriter::new(url, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
         let component = format!("postgres sink (worker {worker})");
         health.set(&component, ComponentHealth::Ready);
+        let circuit_gauge = stats.sink_circuit_open.with_label_values(&["postgres"]);
         writer.observe_circuit(Box::new(move |circuit, why| {
             let state = match circuit {
-                Circuit::Closed => ComponentHealth::Ready,
-                Circuit::Open { .. } => ComponentHealth::NotReady(why.to_owned()),
+                Circuit::Closed => {
+                    circuit_gauge.set(0);
+                    ComponentHealth::Ready
+                }
+                Circuit::Open { .. } => {
+                    circuit_gauge.set(1);
+                    ComponentHealth::NotReady(why.to_owned())
+                }
             };
             health.set(&component, state);
         }));
+        let rows = stats.sink_batch_rows.with_label_values(&["postgres"]);
+        let seconds = stats.sink_batch_seconds.with_label_values(&["postgres"]);
         let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
         let (acks, done) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("pg-writer-{worker}"))
             .spawn(move || {
                 for mut batch in job_queue {
+                    let started = Instant::now();
                     let result =
                         writer.write(&mut batch).map(|report| (report, batch)).map_err(|e| e.to_string());
+                    if let Ok((report, _)) = &result {
+                        rows.observe(report.rows as f64);
+                        seconds.observe(started.elapsed().as_secs_f64());
+                    }
                     let failed = result.is_err();
                     if acks.send(result).is_err() {
                         return;
@@ -87,6 +108,7 @@ pub fn write_postgres<'scope>(
     url: String,
     batching: PgBatching,
     health: Arc<Health>,
+    stats: Arc<RunStats>,
 ) -> Stream<'scope, EventTime, Vec<()>> {
     let scope = events.scope();
     let worker = scope.index();
@@ -96,7 +118,7 @@ pub fn write_postgres<'scope>(
         move |_, info| {
             let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
-            let thread = WriterThread::spawn(&url, worker, wake, health);
+            let thread = WriterThread::spawn(&url, worker, wake, health, stats);
             let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
             let mut capability: Option<Capability<EventTime>> = None;
             let mut batch = PgBatch::default();

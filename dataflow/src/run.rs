@@ -97,13 +97,15 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let RunPlan { source, sinks, pipeline, cluster, http } = plan;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
-        let bound = crate::http::serve(&addr, Arc::clone(&health))?;
-        tracing::info!(%bound, "serving /health/live and /health/ready");
+        let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats))?;
+        tracing::info!(%bound, "serving /metrics, /health/live and /health/ready");
     }
     if sinks.is_empty() {
         bail!("at least one --sink is needed (jsonl:DIR, stdout or null)");
     }
     let timely_config = cluster.timely_config()?;
+    stats.workers.set(cluster.workers as i64);
+    stats.processes.set(cluster.processes as i64);
     let opened = OpenedSource::open(&source)?;
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
     let context = Arc::new(ScoreContext {

@@ -88,16 +88,13 @@ pub fn score_readings<'scope>(
                 if !order.is_sorted() {
                     order.sort_unstable();
                 }
-                context.stats.readings.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let mut scored = 0;
                 for &(index, _, _, pos) in &order {
-                    process(
-                        &mut sensors[index as usize],
-                        &group[pos as usize].1,
-                        time,
-                        &context,
-                        &mut events,
-                    );
+                    let sensor = &mut sensors[index as usize];
+                    scored += process(sensor, &group[pos as usize].1, time, &context, &mut events);
                 }
+                context.stats.readings.inc_by(group.len() as u64);
+                context.stats.scored.inc_by(scored);
                 if !events.is_empty() {
                     output.session(&cap.delayed(&time)).give_iterator(events.drain(..));
                 }
@@ -116,7 +113,7 @@ fn process(
     time: EventTime,
     context: &ScoreContext,
     events: &mut Vec<SinkEvent>,
-) {
+) -> u64 {
     let config = &context.config;
     let reading = &accepted.reading;
     let outcome = state.process(
@@ -129,17 +126,17 @@ fn process(
     );
     match outcome {
         Outcome::Scored { verdict, stuck } => {
-            RunStats::add(&context.stats.scored, 1);
             if context.emit_readings {
                 events.push(reading_event(accepted, verdict.score, false));
             }
             for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
-                RunStats::add(&context.stats.anomalies, 1);
+                context.stats.anomaly(&anomaly.detector, anomaly.severity);
                 events.push(SinkEvent::Anomaly(anomaly));
             }
+            return 1;
         }
         Outcome::LateKept => {
-            RunStats::add(&context.stats.late_kept, 1);
+            context.stats.late_kept.inc();
             if context.emit_readings {
                 events.push(reading_event(accepted, 0.0, true));
             }
@@ -167,6 +164,7 @@ fn process(
             events.push(SinkEvent::DeadLetter(dead));
         }
     }
+    0
 }
 
 /// The anomaly events one scored reading raises: a robust-z outlier, a stuck sensor, or both.

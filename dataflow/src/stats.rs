@@ -1,48 +1,187 @@
-//! Run counters, shared by every worker of a process. Every counter of the run is defined
-//! here; the demo report and the run summary read them, and the metrics endpoint will.
+//! Every metric of a run, defined in one place, exported at `/metrics` in Prometheus' text
+//! format, and read back by the demo report and the run summary.
+//!
+//! Names are `millstream_*`, in base units, counters end in `_total`. Hot paths add per batch,
+//! not per record: a counter shared by all workers is one cache line they would fight over.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use millstream_events::{Reason, Severity};
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
-use millstream_events::Reason;
-
-#[derive(Debug, Default)]
 pub struct RunStats {
-    /// Accepted readings that reached the per-sensor stage (scored, late or refused there).
-    pub readings: AtomicU64,
+    registry: Registry,
+    /// Accepted readings that reached the per-sensor stage (scored, late, or refused there).
+    pub readings: IntCounter,
     /// Readings scored by the detector.
-    pub scored: AtomicU64,
+    pub scored: IntCounter,
     /// Late readings kept with the `late` flag.
-    pub late_kept: AtomicU64,
-    /// Anomaly events emitted.
-    pub anomalies: AtomicU64,
-    dead_letters: [AtomicU64; Reason::ALL.len()],
+    pub late_kept: IntCounter,
+    anomalies: IntCounterVec,
+    dead_letters: Vec<IntCounter>,
+    /// Rows per committed sink batch, by sink.
+    pub sink_batch_rows: HistogramVec,
+    /// Seconds to commit a sink batch (retries included), by sink.
+    pub sink_batch_seconds: HistogramVec,
+    /// 1 while a sink's circuit breaker is open, by sink.
+    pub sink_circuit_open: IntGaugeVec,
+    /// Worker threads in this process, and processes in the cluster.
+    pub workers: IntGauge,
+    pub processes: IntGauge,
+}
+
+impl Default for RunStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for RunStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunStats").field("readings", &self.readings.get()).finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric definitions are valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
 }
 
 impl RunStats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        if n > 0 {
-            counter.fetch_add(n, Ordering::Relaxed);
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let anomalies = IntCounterVec::new(
+            Opts::new("millstream_anomalies_total", "Anomaly events emitted, by detector and severity."),
+            &["detector", "severity"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(anomalies.clone())).expect("metric names are unique");
+        let dead_letter_vec = IntCounterVec::new(
+            Opts::new("millstream_dead_letters_total", "Records refused, by reason."),
+            &["reason"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(dead_letter_vec.clone())).expect("metric names are unique");
+        // Every reason exists from the start (at 0), so dashboards and alerts see the series.
+        let dead_letters =
+            Reason::ALL.iter().map(|r| dead_letter_vec.with_label_values(&[r.as_str()])).collect();
+        let batch_rows = HistogramVec::new(
+            HistogramOpts::new("millstream_sink_batch_rows", "Rows per committed sink batch.")
+                .buckets(prometheus::exponential_buckets(10.0, 4.0, 9).expect("valid buckets")),
+            &["sink"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(batch_rows.clone())).expect("metric names are unique");
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "millstream_sink_batch_seconds",
+                "Time to commit a sink batch, retries included.",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid buckets")),
+            &["sink"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(batch_seconds.clone())).expect("metric names are unique");
+        let circuit = IntGaugeVec::new(
+            Opts::new("millstream_sink_circuit_open", "1 while the sink's circuit breaker is open."),
+            &["sink"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(circuit.clone())).expect("metric names are unique");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definitions are valid");
+            registry.register(Box::new(g.clone())).expect("metric names are unique");
+            g
+        };
+        RunStats {
+            readings: counter(
+                &registry,
+                "millstream_readings_total",
+                "Accepted readings that reached validation.",
+            ),
+            scored: counter(
+                &registry,
+                "millstream_readings_scored_total",
+                "Readings scored by the detector.",
+            ),
+            late_kept: counter(
+                &registry,
+                "millstream_late_readings_total",
+                "Late readings kept, flagged, not scored.",
+            ),
+            workers: gauge("millstream_workers", "Worker threads in this process."),
+            processes: gauge("millstream_processes", "Processes in the timely cluster."),
+            anomalies,
+            dead_letters,
+            sink_batch_rows: batch_rows,
+            sink_batch_seconds: batch_seconds,
+            sink_circuit_open: circuit,
+            registry,
         }
     }
 
-    pub fn dead_letter(&self, reason: Reason) {
-        self.dead_letters[reason as usize].fetch_add(1, Ordering::Relaxed);
+    pub fn anomaly(&self, detector: &str, severity: Severity) {
+        self.anomalies.with_label_values(&[detector, severity.as_str()]).inc();
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn anomalies_total(&self) -> u64 {
+        self.anomalies
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    pub fn dead_letter(&self, reason: Reason) {
+        self.dead_letters[reason as usize].inc();
     }
 
     /// Dead letters by reason, omitting zeros, in the order of [`Reason::ALL`].
     pub fn dead_letters_by_reason(&self) -> Vec<(Reason, u64)> {
         Reason::ALL
             .iter()
-            .map(|&r| (r, self.dead_letters[r as usize].load(Ordering::Relaxed)))
+            .map(|&r| (r, self.dead_letters[r as usize].get()))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
 
     pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.dead_letters.iter().map(IntCounter::get).sum()
+    }
+
+    /// Everything, in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_their_labels() {
+        let stats = RunStats::new();
+        stats.readings.inc_by(3);
+        stats.dead_letter(Reason::Duplicate);
+        stats.anomaly("robust_z", Severity::High);
+        stats.sink_batch_rows.with_label_values(&["postgres"]).observe(100.0);
+        let text = stats.render();
+        assert!(text.contains("millstream_readings_total 3"), "{text}");
+        assert!(text.contains("millstream_dead_letters_total{reason=\"duplicate\"} 1"), "{text}");
+        assert!(text.contains("millstream_dead_letters_total{reason=\"malformed_json\"} 0"), "{text}");
+        assert!(
+            text.contains("millstream_anomalies_total{detector=\"robust_z\",severity=\"high\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("millstream_sink_batch_rows_count{sink=\"postgres\"} 1"), "{text}");
+        assert_eq!(stats.anomalies_total(), 1);
+        assert_eq!(stats.dead_letters_total(), 1);
     }
 }

@@ -129,19 +129,6 @@ fn run_without_migrations_says_what_to_do() {
     assert_eq!(count(&url, "readings"), 1);
 }
 
-/// A plain HTTP/1.1 GET: (status code, body).
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Some((status, body))
-}
-
 /// Polls `/health/ready` until it answers `status`, for up to `within`.
 fn wait_for_ready_status(addr: &str, status: u16, within: Duration) -> Option<String> {
     let deadline = std::time::Instant::now() + within;

@@ -181,6 +181,15 @@ mod tests {
         assert_eq!(r.unit, None);
     }
 
+    /// Found by the property test: serde_json without `float_roundtrip` read this 1 ulp off,
+    /// so the two parsers disagreed. Both must give the correctly rounded value.
+    #[test]
+    fn floats_are_read_exactly_by_both_parsers() {
+        let line = br#"{"sensor_id":"a","ts":0,"value":3.532005302591674e-269}"#;
+        assert_eq!(decode_json(line).unwrap().value, 3.532005302591674e-269);
+        assert_eq!(decode_json_with_serde_json(line).unwrap().value, 3.532005302591674e-269);
+    }
+
     #[test]
     fn escaped_strings_decode() {
         let r = decode_json(br#"{"sensor_id":"a\/b\u00e9","ts":0,"value":-0.5}"#).unwrap();
