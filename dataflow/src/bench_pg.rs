@@ -43,7 +43,7 @@ pub fn bench_postgres(args: BenchPostgresArgs) -> anyhow::Result<()> {
         |statement: &str| runtime.block_on(client.batch_execute(statement)).context(statement.to_owned());
     sql("DROP TABLE IF EXISTS bench_raw_readings; \
          CREATE TABLE bench_raw_readings (LIKE readings INCLUDING ALL)")?;
-    let mut writer = PgWriter::new(&database_url, Backoff::default())?;
+    let mut writer = PgWriter::new(&database_url, None, Backoff::default())?;
     let (mut raw, mut sink, mut replay) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..repeat.max(1) {
         sql("TRUNCATE bench_raw_readings; TRUNCATE readings")?;

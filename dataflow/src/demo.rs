@@ -69,6 +69,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         pipeline,
         cluster: ClusterOptions { workers, ..ClusterOptions::default() },
         http: None,
+        postgres: Default::default(),
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -59,7 +59,7 @@ pub fn build<'scope>(
                 crate::pg_sink::write_postgres(
                     rows,
                     url.clone(),
-                    crate::pg_sink::PgBatching::default(),
+                    context.postgres.clone(),
                     Arc::clone(&context.health),
                     Arc::clone(&context.stats),
                 )

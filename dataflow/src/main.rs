@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use millstream::config::{ConfigFile, PipelineConfig};
+use millstream::config::{LogFormat, LogSettings, Settings};
 use millstream::run::{run, ClusterOptions, RunPlan};
 use millstream::source::SourceSpec;
 use millstream::stats::RunStats;
@@ -45,25 +45,36 @@ enum Command {
     },
     /// Measure the PostgreSQL sink against a raw binary COPY of the same rows.
     BenchPostgres(millstream::bench_pg::BenchPostgresArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Internal: the benchmark's hand-written single loop over a file.
     #[command(hide = true)]
     BenchLoop { path: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check FILE (with the MILLSTREAM_* environment) and print the effective configuration,
+    /// secrets shown as ***. Exits non-zero naming the key of any problem.
+    Check { file: PathBuf },
+}
+
 #[derive(Args)]
 struct RunArgs {
-    /// file:PATH | simulate[:key=value,…] | kafka://HOST:PORT/TOPIC
+    /// file:PATH | simulate[:key=value,…] | kafka://HOST:PORT/TOPIC (or run.source in the config)
     #[arg(long)]
-    source: SourceSpec,
-    /// jsonl:DIR | stdout | null (repeatable)
-    #[arg(long = "sink", required = true)]
+    source: Option<SourceSpec>,
+    /// jsonl:DIR | stdout | null | postgres://… (repeatable; or run.sinks in the config)
+    #[arg(long = "sink")]
     sinks: Vec<SinkSpec>,
     /// Write scores.jsonl (one line per accepted reading) in jsonl sinks.
     #[arg(long)]
     emit_scores: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// TOML configuration file (see README); flags override it.
+    /// TOML configuration file (see README and config/examples/); MILLSTREAM_* variables
+    /// override it, flags override both.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Allowed lateness in milliseconds (default 5000).
@@ -85,9 +96,9 @@ struct RunArgs {
 
 #[derive(Args, Clone)]
 pub struct ClusterArgs {
-    /// Worker threads in this process.
-    #[arg(long, short = 'w', default_value_t = 1)]
-    workers: usize,
+    /// Worker threads in this process (default 1, or run.workers in the config).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
     /// Processes in the timely cluster.
     #[arg(long, default_value_t = 1)]
     processes: usize,
@@ -99,25 +110,35 @@ pub struct ClusterArgs {
     hostfile: Option<PathBuf>,
 }
 
-impl From<ClusterArgs> for ClusterOptions {
-    fn from(a: ClusterArgs) -> Self {
-        let ClusterArgs { workers, processes, process, hostfile } = a;
-        ClusterOptions { workers, processes, process, hostfile }
+impl ClusterArgs {
+    fn into_options(self, default_workers: usize) -> ClusterOptions {
+        let ClusterArgs { workers, processes, process, hostfile } = self;
+        ClusterOptions { workers: workers.unwrap_or(default_workers), processes, process, hostfile }
     }
 }
 
+/// Logs go to stderr, human-readable or JSON, filtered by `log.level` (a tracing filter).
+fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
+        .map_err(|e| anyhow::anyhow!("log.level `{}`: {e}", settings.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MILLSTREAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
-        Command::Demo(args) => millstream::demo::demo(args),
+        Command::Config(ConfigCommand::Check { file }) => Settings::load(Some(&file))
+            .map(|settings| print!("{}", settings.to_redacted_toml()))
+            .map_err(anyhow::Error::from),
+        Command::Demo(args) => {
+            init_logging(&LogSettings::default()).and_then(|()| millstream::demo::demo(args))
+        }
         Command::Bench(args) => millstream::bench::bench(args),
         Command::Migrate { database_url } => migrate(&database_url),
         Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
@@ -146,6 +167,9 @@ fn migrate(url: &str) -> anyhow::Result<()> {
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref())?;
+    init_logging(&settings.log)?;
+    tracing::info!(config = %settings.to_redacted_toml().replace('\n', "; "), "effective configuration");
     let RunArgs {
         source,
         sinks,
@@ -158,6 +182,24 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         http,
         migrate: apply_migrations,
     } = args;
+    let _ = config; // loaded above
+    let Settings { run: run_settings, mut pipeline, postgres, log: _ } = settings;
+    let source = match (source, run_settings.source) {
+        (Some(source), _) => source,
+        (None, Some(text)) => text.parse().map_err(|e| anyhow::anyhow!("run.source: {e}"))?,
+        (None, None) => anyhow::bail!("no source: give --source or run.source in the config"),
+    };
+    let sinks = if sinks.is_empty() {
+        run_settings
+            .sinks
+            .iter()
+            .map(|text| text.parse::<SinkSpec>().map_err(|e| anyhow::anyhow!("run.sinks: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        sinks
+    };
+    let http = http.or(run_settings.http);
+    let postgres_password = postgres.resolve_password()?;
     if apply_migrations {
         for sink in &sinks {
             if let SinkSpec::Postgres(url) = sink {
@@ -167,10 +209,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     // Files and the simulator are finite: they always stop at their end.
     let _ = stop_at_end;
-    let mut pipeline = match config {
-        Some(path) => ConfigFile::load(&path)?.pipeline,
-        None => PipelineConfig::default(),
-    };
     if let Some(ms) = allowed_lateness_ms {
         pipeline.allowed_lateness_ms = ms;
     }
@@ -179,7 +217,15 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     pipeline.emit_scores |= emit_scores;
     let stats = Arc::new(RunStats::default());
-    let report = run(RunPlan { source, sinks, pipeline, cluster: cluster.into(), http }, stats)?;
+    let postgres = millstream::pg_sink::PgSinkSettings {
+        password: postgres_password.map(|p| p.expose().to_owned()),
+        batching: millstream::pg_sink::PgBatching {
+            batch_rows: postgres.batch_rows.max(1),
+            max_delay: std::time::Duration::from_millis(postgres.max_delay_ms),
+        },
+    };
+    let cluster = cluster.into_options(run_settings.workers);
+    let report = run(RunPlan { source, sinks, pipeline, cluster, http, postgres }, stats)?;
     let s = &report.stats;
     tracing::info!(
         readings = s.readings.get(),

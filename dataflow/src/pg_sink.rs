@@ -42,6 +42,23 @@ impl Default for PgBatching {
     }
 }
 
+/// The PostgreSQL sink's settings beyond its URL.
+#[derive(Clone, Default)]
+pub struct PgSinkSettings {
+    /// A password for URLs without one (from the config or `MILLSTREAM_POSTGRES__PASSWORD`).
+    pub password: Option<String>,
+    pub batching: PgBatching,
+}
+
+impl std::fmt::Debug for PgSinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSinkSettings")
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("batching", &self.batching)
+            .finish()
+    }
+}
+
 /// A worker's writer thread: batches in, acknowledgements out.
 struct WriterThread {
     jobs: SyncSender<PgBatch>,
@@ -51,12 +68,14 @@ struct WriterThread {
 impl WriterThread {
     fn spawn(
         url: &str,
+        password: Option<&str>,
         worker: usize,
         wake: timely::scheduling::SyncActivator,
         health: Arc<Health>,
         stats: Arc<RunStats>,
     ) -> Self {
-        let mut writer = PgWriter::new(url, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
+        let mut writer =
+            PgWriter::new(url, password, Backoff::default()).unwrap_or_else(|e| fatal(&e.to_string()));
         let component = format!("postgres sink (worker {worker})");
         health.set(&component, ComponentHealth::Ready);
         let circuit_gauge = stats.sink_circuit_open.with_label_values(&["postgres"]);
@@ -106,7 +125,7 @@ impl WriterThread {
 pub fn write_postgres<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     url: String,
-    batching: PgBatching,
+    settings: PgSinkSettings,
     health: Arc<Health>,
     stats: Arc<RunStats>,
 ) -> Stream<'scope, EventTime, Vec<()>> {
@@ -118,7 +137,8 @@ pub fn write_postgres<'scope>(
         move |_, info| {
             let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
-            let thread = WriterThread::spawn(&url, worker, wake, health, stats);
+            let thread = WriterThread::spawn(&url, settings.password.as_deref(), worker, wake, health, stats);
+            let batching = settings.batching;
             let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
             let mut capability: Option<Capability<EventTime>> = None;
             let mut batch = PgBatch::default();
@@ -134,7 +154,7 @@ pub fn write_postgres<'scope>(
                 match ack {
                     Ok((report, mut emptied)) => {
                         tracing::debug!(
-                            worker,
+                            worker_id = worker,
                             rows = report.rows,
                             replayed = report.replayed,
                             attempts = report.attempts,

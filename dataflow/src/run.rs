@@ -80,8 +80,10 @@ pub struct RunPlan {
     pub sinks: Vec<SinkSpec>,
     pub pipeline: PipelineConfig,
     pub cluster: ClusterOptions,
-    /// Serve `/health/*` on this address.
+    /// Serve `/metrics` and `/health/*` on this address.
     pub http: Option<String>,
+    /// The PostgreSQL sinks' settings.
+    pub postgres: crate::pg_sink::PgSinkSettings,
 }
 
 /// What a finished run did in this process.
@@ -94,7 +96,7 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, pipeline, cluster, http } = plan;
+    let RunPlan { source, sinks, pipeline, cluster, http, postgres } = plan;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
         let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats))?;
@@ -113,6 +115,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         resolver: opened.resolver(),
         stats: Arc::clone(&stats),
         health,
+        postgres,
         emit_readings,
     });
     let started = Instant::now();

@@ -26,6 +26,8 @@ pub struct ScoreContext {
     pub config: PipelineConfig,
     pub resolver: Arc<dyn RecordResolver>,
     pub stats: Arc<RunStats>,
+    /// The PostgreSQL sinks' settings.
+    pub postgres: crate::pg_sink::PgSinkSettings,
     /// Component health, for `/health/ready`.
     pub health: Arc<crate::health::Health>,
     /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);

@@ -76,7 +76,7 @@ const WARMUP_CLIP_FACTOR: f64 = 2.0;
 /// Tuning of [`RobustZ`]. Every field has a default, so a configuration file may name only
 /// the fields it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RobustZConfig {
     /// EWMA weight of a new reading, in `(0, 1]`; 1/`alpha` is the memory in readings.
     pub alpha: f64,

@@ -47,6 +47,12 @@ enum TlsMode {
 
 impl ConnectOptions {
     pub fn from_url(url: &str) -> Result<Self, ConnectError> {
+        Self::from_url_with_password(url, None)
+    }
+
+    /// As [`ConnectOptions::from_url`]; `password` is used when the URL has none, before
+    /// `PGPASSWORD`.
+    pub fn from_url_with_password(url: &str, password: Option<&str>) -> Result<Self, ConnectError> {
         let shown_url = redact_url(url);
         let invalid = |detail: String| ConnectError::InvalidUrl { url: shown_url.clone(), detail };
         // tokio-postgres knows only disable/prefer/require: take the TLS parameters out first.
@@ -76,7 +82,9 @@ impl ConnectOptions {
         let mut config: tokio_postgres::Config =
             plain.parse().map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
         if config.get_password().is_none() {
-            if let Ok(password) = std::env::var("PGPASSWORD") {
+            if let Some(password) = password {
+                config.password(password);
+            } else if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
             }
         }

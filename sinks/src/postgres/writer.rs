@@ -110,8 +110,9 @@ pub struct PgWriter {
 impl PgWriter {
     /// Prepares a writer for `url`; connects lazily. A password missing from the URL is taken
     /// from `PGPASSWORD`; the URL shown in logs and errors never carries one.
-    pub fn new(url: &str, backoff: Backoff) -> Result<Self, PgSinkError> {
-        let options = ConnectOptions::from_url(url)
+    /// `password` is used when the URL has none (before `PGPASSWORD`).
+    pub fn new(url: &str, password: Option<&str>, backoff: Backoff) -> Result<Self, PgSinkError> {
+        let options = ConnectOptions::from_url_with_password(url, password)
             .map_err(|e| PgSinkError::Fatal { url: redact_url(url), message: e.to_string() })?;
         let shown_url = options.shown_url().to_owned();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -451,7 +452,7 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        let err = match PgWriter::new("postgres://u:secret@h:notaport/db", Backoff::default()) {
+        let err = match PgWriter::new("postgres://u:secret@h:notaport/db", None, Backoff::default()) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("a bad port is refused"),
         };
@@ -460,7 +461,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        let mut w = PgWriter::new("postgres://u@localhost/db", Backoff::default()).unwrap();
+        let mut w = PgWriter::new("postgres://u@localhost/db", None, Backoff::default()).unwrap();
         let mut last = Duration::ZERO;
         for failures in 1..=10 {
             w.failures = failures;
