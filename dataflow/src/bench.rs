@@ -15,7 +15,7 @@ use clap::Args;
 use millstream_connectors::simulate::SimPayload;
 use millstream_connectors::simulate::{Simulator, SimulatorConfig};
 use millstream_events::decode::{decode_json, trim_line_end};
-use millstream_events::{DeadLetter, Reason, SourceLocation, Watermark};
+use millstream_events::{DeadLetter, Reading, Reason, SourceLocation, Watermark};
 use millstream_operators::sensor::{Outcome, SensorState};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -148,10 +148,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `readings` simulated readings (no faults) as contract JSON lines.
-fn write_input(path: &Path, readings: u64) -> anyhow::Result<(u64, u64)> {
+/// `count` simulated readings (no faults), as a plant sends them: 40 pumps × 5 sensors, every
+/// sensor once a step, steps in time order. Shared by the benchmarks so they measure the same
+/// data.
+pub fn plant_readings(count: u64) -> impl Iterator<Item = Reading> {
     let assets = 40u32;
-    let steps = readings.div_ceil(assets as u64 * 5);
+    let steps = count.div_ceil(assets as u64 * 5);
     let sim = Simulator::new(SimulatorConfig {
         assets,
         steps,
@@ -159,38 +161,39 @@ fn write_input(path: &Path, readings: u64) -> anyhow::Result<(u64, u64)> {
         delivery_faults: false,
         ..Default::default()
     });
+    let mut streams: Vec<_> = (0..assets).map(|a| sim.asset_stream(a)).collect();
+    // One step of every asset at a time (each step yields an asset's 5 sensors).
+    std::iter::from_fn(move || {
+        let step: Vec<Reading> = streams
+            .iter_mut()
+            .flat_map(|s| s.by_ref().take(5))
+            .filter_map(|record| match record.payload {
+                SimPayload::Reading(r) => Some(r),
+                SimPayload::Malformed(_) => None,
+            })
+            .collect();
+        (!step.is_empty()).then_some(step)
+    })
+    .flatten()
+    .take(count as usize)
+}
+
+/// Writes `readings` simulated readings as contract JSON lines; returns lines and bytes.
+fn write_input(path: &Path, readings: u64) -> anyhow::Result<(u64, u64)> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut streams: Vec<_> = (0..assets).map(|a| sim.asset_stream(a).peekable()).collect();
     let (mut lines, mut bytes) = (0u64, 0u64);
-    // Interleave assets step by step, as a plant's readings arrive.
-    'outer: loop {
-        let mut any = false;
-        for stream in streams.iter_mut() {
-            for _ in 0..5 {
-                let Some(record) = stream.next() else { break };
-                any = true;
-                if let SimPayload::Reading(r) = record.payload {
-                    let line = r.to_contract_json();
-                    out.write_all(line.as_bytes())?;
-                    out.write_all(b"\n")?;
-                    lines += 1;
-                    bytes += line.len() as u64 + 1;
-                    if lines == readings {
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        if !any {
-            break;
-        }
+    for reading in plant_readings(readings) {
+        let line = reading.to_contract_json();
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        lines += 1;
+        bytes += line.len() as u64 + 1;
     }
     out.flush()?;
     Ok((lines, bytes))
 }
 
-/// Runs a child to completion; returns wall seconds and its peak RSS in KiB.
 /// Runs `copies` children side by side to completion; returns the wall seconds until the
 /// last one ends and the largest peak RSS (KiB) among them.
 fn time_children(exe: &Path, argv: &[String], copies: usize) -> anyhow::Result<(f64, u64)> {

@@ -7,13 +7,12 @@
 //! one transaction per batch. A third pass replays the same rows through the sink (every row
 //! already present) to time the idempotent path.
 
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use millstream_connectors::simulate::{SimPayload, Simulator, SimulatorConfig};
 use millstream_events::ReadingRow;
-use millstream_sinks::postgres::writer::{Backoff, PgBatch, PgWriter};
+use millstream_sinks::postgres::writer::{copy_statement, write_copy_rows, Backoff, PgBatch, PgWriter};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchPostgresArgs {
@@ -96,61 +95,22 @@ pub fn bench_postgres(args: BenchPostgresArgs) -> anyhow::Result<()> {
 
 /// The ceiling: rows as they come, one binary COPY per batch, no transaction work beyond it.
 async fn raw_copy(client: &tokio_postgres::Client, rows: &[ReadingRow]) -> anyhow::Result<()> {
-    use futures_util::pin_mut;
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::{ToSql, Type};
-    let sink = client
-        .copy_in("COPY bench_raw_readings (sensor_id, ts, value, late, quality) FROM STDIN (FORMAT binary)")
-        .await?;
-    let writer =
-        BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::FLOAT8, Type::BOOL, Type::INT2]);
-    pin_mut!(writer);
-    for row in rows {
-        let ts = UNIX_EPOCH + Duration::from_millis(row.ts);
-        let quality: i16 = i16::from(row.late);
-        let values: [&(dyn ToSql + Sync); 5] =
-            [&row.sensor_id.as_str(), &ts, &row.value, &row.late, &quality];
-        writer.as_mut().write(&values).await?;
-    }
-    writer.finish().await?;
+    let sink = client.copy_in(&copy_statement("bench_raw_readings")).await?;
+    write_copy_rows(sink, rows).await?;
     Ok(())
 }
 
-/// Readings as a plant produces them: every sensor once a step, steps in time order.
+/// The benchmark's rows: the same simulated plant as `millstream bench`.
 fn simulated_rows(rows: usize) -> Vec<ReadingRow> {
-    let assets = 40u32;
-    let steps = (rows as u64).div_ceil(assets as u64 * 5);
-    let sim = Simulator::new(SimulatorConfig {
-        assets,
-        steps,
-        inject_faults: false,
-        delivery_faults: false,
-        ..Default::default()
-    });
-    let mut streams: Vec<_> = (0..assets).map(|a| sim.asset_stream(a)).collect();
-    let mut out = Vec::with_capacity(rows);
-    'steps: loop {
-        for stream in streams.iter_mut() {
-            for record in stream.by_ref().take(5) {
-                if let SimPayload::Reading(r) = record.payload {
-                    out.push(ReadingRow {
-                        sensor_id: r.sensor_id,
-                        asset_id: r.asset_id,
-                        unit: r.unit,
-                        ts: r.ts,
-                        value: r.value,
-                        score: 0.0,
-                        late: false,
-                    });
-                    if out.len() == rows {
-                        break 'steps;
-                    }
-                }
-            }
-        }
-        if streams.iter().all(|s| s.len() == 0) {
-            break;
-        }
-    }
-    out
+    crate::bench::plant_readings(rows as u64)
+        .map(|r| ReadingRow {
+            sensor_id: r.sensor_id,
+            asset_id: r.asset_id,
+            unit: r.unit,
+            ts: r.ts,
+            value: r.value,
+            score: 0.0,
+            late: false,
+        })
+        .collect()
 }

@@ -19,4 +19,5 @@ pub mod run;
 pub mod score;
 pub mod sink;
 pub mod source;
+pub mod stash;
 pub mod stats;

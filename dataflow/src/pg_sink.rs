@@ -8,7 +8,7 @@
 //! waits: backpressure, not unbounded buffering. The stage holds a capability for the oldest
 //! time not yet committed, so a probe after it passes a time only once its rows are durable.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +18,10 @@ use millstream_sinks::postgres::writer::{Backoff, Circuit, PgBatch, PgWriter, Wr
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::health::{ComponentHealth, Health};
+use crate::stash::Stash;
 use crate::stats::RunStats;
 
 /// Batches committing (or queued to commit) at once, per worker.
@@ -139,8 +139,7 @@ pub fn write_postgres<'scope>(
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
             let thread = WriterThread::spawn(&url, settings.password.as_deref(), worker, wake, health, stats);
             let batching = settings.batching;
-            let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
-            let mut capability: Option<Capability<EventTime>> = None;
+            let mut stash: Stash<SinkEvent> = Stash::default();
             let mut batch = PgBatch::default();
             // The oldest time in `batch` (ready, not yet sent) and when it became ready.
             let mut batch_since: Option<(EventTime, Instant)> = None;
@@ -171,20 +170,10 @@ pub fn write_postgres<'scope>(
                 while let Ok(ack) = thread.done.try_recv() {
                     acknowledge(ack, &mut in_flight, &mut spare);
                 }
-                input.for_each(|cap, data| {
-                    let Some(&time) = cap.least() else { return };
-                    if capability.as_ref().is_none_or(|c| time < *c.time()) {
-                        capability = cap.retain_least(0);
-                    }
-                    pending.entry(time).or_default().append(data);
-                });
+                stash.take(input);
                 let frontier = frontier.frontier();
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let time = *entry.key();
-                    for event in entry.remove() {
+                while let Some((time, events)) = stash.pop_ready(frontier) {
+                    for event in events {
                         match event {
                             SinkEvent::Reading(r) => batch.readings.push(r),
                             SinkEvent::Anomaly(a) => batch.anomalies.push(a),
@@ -216,17 +205,8 @@ pub fn write_postgres<'scope>(
                         activator.activate_after(batching.max_delay.saturating_sub(since.elapsed()));
                     }
                 }
-                let oldest = in_flight
-                    .front()
-                    .copied()
-                    .into_iter()
-                    .chain(batch_since.map(|(t, _)| t))
-                    .chain(pending.keys().next().copied())
-                    .min();
-                match (oldest, capability.as_mut()) {
-                    (Some(time), Some(cap)) => cap.downgrade(&time),
-                    _ => capability = None,
-                }
+                let owed = in_flight.front().copied().into_iter().chain(batch_since.map(|(t, _)| t)).min();
+                stash.hold(owed);
             }
         },
     )

@@ -5,15 +5,14 @@
 //! workers and processes: each flush writes exactly the lines whose time the frontier has
 //! passed, so the concatenation of flushes is the globally sorted order.
 
-use std::collections::BTreeMap;
-
 use millstream_events::{EventTime, OutputLine};
 use millstream_sinks::LineSink;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+
+use crate::stash::Stash;
 
 /// Writes `lines` with the sink built by `make_sink`, on global worker 0 only. The output
 /// stream carries nothing, but its frontier passes a time only once that time is written and
@@ -38,24 +37,13 @@ where
                 let make = make_sink.take().expect("constructor runs once");
                 sink = Some(make().unwrap_or_else(|e| fatal(&name, &e)));
             }
-            let mut pending: BTreeMap<EventTime, Vec<OutputLine>> = BTreeMap::new();
-            let mut capability: Option<Capability<EventTime>> = None;
+            let mut stash: Stash<OutputLine> = Stash::default();
             let mut finished = false;
             move |(input, frontier), _output| {
-                input.for_each(|cap, data| {
-                    let Some(&time) = cap.least() else { return };
-                    if capability.as_ref().is_none_or(|c| time < *c.time()) {
-                        capability = cap.retain_least(0);
-                    }
-                    pending.entry(time).or_default().append(data);
-                });
+                stash.take(input);
                 let frontier = frontier.frontier();
                 let mut wrote = false;
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let mut batch = entry.remove();
+                while let Some((_, mut batch)) = stash.pop_ready(frontier) {
                     batch.sort_unstable();
                     if let Some(sink) = sink.as_mut() {
                         for line in &batch {
@@ -72,10 +60,7 @@ where
                         sink.flush().unwrap_or_else(|e| fatal(&name, &e));
                     }
                 }
-                match (pending.first_key_value(), capability.as_mut()) {
-                    (Some((&time, _)), Some(cap)) => cap.downgrade(&time),
-                    _ => capability = None,
-                }
+                stash.hold(None);
             }
         },
     )

@@ -374,9 +374,20 @@ async fn copy_readings(
     table: &str,
     rows: &[ReadingRow],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = transaction
-        .copy_in(&format!("COPY {table} (sensor_id, ts, value, late, quality) FROM STDIN (FORMAT binary)"))
-        .await?;
+    let sink = transaction.copy_in(&copy_statement(table)).await?;
+    write_copy_rows(sink, rows).await
+}
+
+/// The binary `COPY` statement for reading rows into `table` (which has `readings`' columns).
+pub fn copy_statement(table: &str) -> String {
+    format!("COPY {table} (sensor_id, ts, value, late, quality) FROM STDIN (FORMAT binary)")
+}
+
+/// Streams `rows` into an open binary COPY of [`copy_statement`] and finishes it.
+pub async fn write_copy_rows(
+    sink: tokio_postgres::CopyInSink<bytes::Bytes>,
+    rows: &[ReadingRow],
+) -> Result<(), tokio_postgres::Error> {
     let writer =
         BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::FLOAT8, Type::BOOL, Type::INT2]);
     pin_mut!(writer);
