@@ -162,7 +162,6 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
