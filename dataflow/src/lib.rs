@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod pg_sink;
 pub mod render;
+pub mod report;
 pub mod run;
 pub mod score;
 pub mod sink;

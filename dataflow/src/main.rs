@@ -45,6 +45,8 @@ enum Command {
     },
     /// Measure the PostgreSQL sink against a raw binary COPY of the same rows.
     BenchPostgres(millstream::bench_pg::BenchPostgresArgs),
+    /// Plot readings of a sensor or an asset, with anomaly episodes shaded, and print a summary table.
+    Report(millstream::report::ReportArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => millstream::bench::bench(args),
         Command::Migrate { database_url } => migrate(&database_url),
         Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
+        Command::Report(args) => millstream::report::report(args),
         Command::BenchLoop { path } => millstream::bench::hand_written_loop(&path).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
         }),
