@@ -113,15 +113,38 @@ impl Default for PostgresSettings {
 impl PostgresSettings {
     /// The password from `password` or `password_file`, if any.
     pub fn resolve_password(&self) -> Result<Option<Secret>, ConfigError> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        match &self.password_file {
-            None => Ok(None),
-            Some(path) => std::fs::read_to_string(path)
-                .map(|text| Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())))
-                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source }),
-        }
+        read_secret(&self.password, &self.password_file)
+    }
+}
+
+/// The `/admin/…` endpoints. Without a token there are none.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The bearer token (best given as `MILLSTREAM_ADMIN__TOKEN`).
+    pub token: Option<Secret>,
+    /// A file holding the token; its trailing newline is ignored.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl AdminSettings {
+    pub fn resolve_token(&self) -> Result<Option<Secret>, ConfigError> {
+        read_secret(&self.token, &self.token_file)
+    }
+}
+
+fn read_secret(
+    value: &Option<Secret>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Some(v) = value {
+        return Ok(Some(v.clone()));
+    }
+    match file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())))
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source }),
     }
 }
 
@@ -159,6 +182,7 @@ pub struct Settings {
     pub run: RunSettings,
     pub pipeline: PipelineConfig,
     pub postgres: PostgresSettings,
+    pub admin: AdminSettings,
     pub log: LogSettings,
 }
 

@@ -70,6 +70,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         cluster: ClusterOptions { workers, ..ClusterOptions::default() },
         http: None,
         postgres: Default::default(),
+        admin: crate::http::Admin { token: None, config: String::new() },
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -186,7 +186,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         migrate: apply_migrations,
     } = args;
     let _ = config; // loaded above
-    let Settings { run: run_settings, mut pipeline, postgres, log: _ } = settings;
+    let config_text = settings.to_redacted_toml();
+    let Settings { run: run_settings, mut pipeline, postgres, admin, log: _ } = settings;
+    let admin = millstream::http::Admin { token: admin.resolve_token()?, config: config_text };
     let source = match (source, run_settings.source) {
         (Some(source), _) => source,
         (None, Some(text)) => text.parse().map_err(|e| anyhow::anyhow!("run.source: {e}"))?,
@@ -228,7 +230,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     let cluster = cluster.into_options(run_settings.workers);
-    let report = run(RunPlan { source, sinks, pipeline, cluster, http, postgres }, stats)?;
+    let report = run(RunPlan { source, sinks, pipeline, cluster, http, postgres, admin }, stats)?;
     let s = &report.stats;
     tracing::info!(
         readings = s.readings.get(),

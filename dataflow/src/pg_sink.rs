@@ -94,6 +94,7 @@ impl WriterThread {
         }));
         let rows = stats.sink_batch_rows.with_label_values(&["postgres"]);
         let seconds = stats.sink_batch_seconds.with_label_values(&["postgres"]);
+        let freshness = stats.event_to_durable_seconds.with_label_values(&["postgres"]);
         let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
         let (acks, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -101,11 +102,18 @@ impl WriterThread {
             .spawn(move || {
                 for mut batch in job_queue {
                     let started = Instant::now();
+                    let newest = batch.readings.iter().map(|r| r.ts).max();
                     let result =
                         writer.write(&mut batch).map(|report| (report, batch)).map_err(|e| e.to_string());
                     if let Ok((report, _)) = &result {
                         rows.observe(report.rows as f64);
                         seconds.observe(started.elapsed().as_secs_f64());
+                        if let Some(ts) = newest {
+                            let now_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64);
+                            freshness.observe(now_ms.saturating_sub(ts) as f64 / 1000.0);
+                        }
                     }
                     let failed = result.is_err();
                     if acks.send(result).is_err() {

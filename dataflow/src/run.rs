@@ -84,6 +84,8 @@ pub struct RunPlan {
     pub http: Option<String>,
     /// The PostgreSQL sinks' settings.
     pub postgres: crate::pg_sink::PgSinkSettings,
+    /// The admin endpoints' token and what they show.
+    pub admin: crate::http::Admin,
 }
 
 /// What a finished run did in this process.
@@ -96,10 +98,10 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, pipeline, cluster, http, postgres } = plan;
+    let RunPlan { source, sinks, pipeline, cluster, http, postgres, admin } = plan;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
-        let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats))?;
+        let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats), admin)?;
         tracing::info!(%bound, "serving /metrics, /health/live and /health/ready");
     }
     if sinks.is_empty() {

@@ -25,6 +25,9 @@ pub struct RunStats {
     pub sink_batch_rows: HistogramVec,
     /// Seconds to commit a sink batch (retries included), by sink.
     pub sink_batch_seconds: HistogramVec,
+    /// Event time → durable: wall-clock time of a commit less the newest event time in the
+    /// batch, by sink. Meaningful for live sources; a replayed file shows its age.
+    pub event_to_durable_seconds: HistogramVec,
     /// 1 while a sink's circuit breaker is open, by sink.
     pub sink_circuit_open: IntGaugeVec,
     /// Worker threads in this process, and processes in the cluster.
@@ -85,6 +88,16 @@ impl RunStats {
         )
         .expect("metric definitions are valid");
         registry.register(Box::new(batch_seconds.clone())).expect("metric names are unique");
+        let event_to_durable = HistogramVec::new(
+            HistogramOpts::new(
+                "millstream_event_to_durable_seconds",
+                "Commit time less the newest event time of the batch.",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 3.0, 12).expect("valid buckets")),
+            &["sink"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(event_to_durable.clone())).expect("metric names are unique");
         let circuit = IntGaugeVec::new(
             Opts::new("millstream_sink_circuit_open", "1 while the sink's circuit breaker is open."),
             &["sink"],
@@ -119,6 +132,7 @@ impl RunStats {
             sink_batch_rows: batch_rows,
             sink_batch_seconds: batch_seconds,
             sink_circuit_open: circuit,
+            event_to_durable_seconds: event_to_durable,
             registry,
         }
     }
