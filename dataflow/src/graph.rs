@@ -46,13 +46,19 @@ pub fn build<'scope>(
         let written = match spec {
             SinkSpec::Jsonl(dir) => {
                 let (dir, emit_scores) = (dir.clone(), context.config.emit_scores);
-                crate::sink::write_lines(lines.clone(), &format!("jsonl:{}", dir.display()), move || {
-                    JsonlSink::create(&dir, emit_scores).map(|s| Box::new(s) as Box<dyn LineSink>)
-                })
+                crate::sink::write_lines(
+                    lines.clone(),
+                    &format!("jsonl:{}", dir.display()),
+                    move || JsonlSink::create(&dir, emit_scores).map(|s| Box::new(s) as Box<dyn LineSink>),
+                    context.stats.sink_records.with_label_values(&["jsonl"]),
+                )
             }
-            SinkSpec::Stdout => crate::sink::write_lines(lines.clone(), "stdout", || {
-                Ok(Box::new(StdoutSink::default()) as Box<dyn LineSink>)
-            }),
+            SinkSpec::Stdout => crate::sink::write_lines(
+                lines.clone(),
+                "stdout",
+                || Ok(Box::new(StdoutSink::default()) as Box<dyn LineSink>),
+                context.stats.sink_records.with_label_values(&["stdout"]),
+            ),
             SinkSpec::Null => crate::sink::discard_lines(lines.clone()),
             SinkSpec::Postgres(url) => {
                 let rows = events.clone().concat(crate::aggregate::minute_aggregates(events.clone()));

@@ -95,6 +95,7 @@ impl WriterThread {
         let rows = stats.sink_batch_rows.with_label_values(&["postgres"]);
         let seconds = stats.sink_batch_seconds.with_label_values(&["postgres"]);
         let freshness = stats.event_to_durable_seconds.with_label_values(&["postgres"]);
+        let committed = stats.sink_records.with_label_values(&["postgres"]);
         let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
         let (acks, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -107,6 +108,7 @@ impl WriterThread {
                         writer.write(&mut batch).map(|report| (report, batch)).map_err(|e| e.to_string());
                     if let Ok((report, _)) = &result {
                         rows.observe(report.rows as f64);
+                        committed.inc_by(report.rows as u64);
                         seconds.observe(started.elapsed().as_secs_f64());
                         if let Some(ts) = newest {
                             let now_ms = std::time::SystemTime::now()

@@ -121,11 +121,18 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         emit_readings,
     });
     let started = Instant::now();
+    let threads = cluster.workers.max(1);
+    let stats_for_workers = Arc::clone(&stats);
     let guards = timely::execute(timely_config, move |worker| {
         let probe = worker
             .dataflow::<u64, _, _>(|scope| crate::graph::build(scope, &opened, &sinks, Arc::clone(&context)));
+        // One worker of each process reports how far its sinks are complete.
+        let reports_frontier = worker.index() % threads == 0;
         while !probe.done() {
             worker.step_or_park(None);
+            if reports_frontier {
+                stats_for_workers.durable_frontier(probe.with_frontier(|f| f.first().copied()));
+            }
         }
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;

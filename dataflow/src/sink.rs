@@ -21,6 +21,7 @@ pub fn write_lines<'scope, F>(
     lines: Stream<'scope, EventTime, Vec<OutputLine>>,
     name: &str,
     make_sink: F,
+    written: prometheus::IntCounter,
 ) -> Stream<'scope, EventTime, Vec<()>>
 where
     F: FnOnce() -> std::io::Result<Box<dyn LineSink>> + 'static,
@@ -49,6 +50,7 @@ where
                         for line in &batch {
                             sink.write_line(line.kind, &line.json).unwrap_or_else(|e| fatal(&name, &e));
                         }
+                        written.inc_by(batch.len() as u64);
                     }
                     wrote = true;
                 }

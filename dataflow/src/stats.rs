@@ -21,6 +21,12 @@ pub struct RunStats {
     pub late_kept: IntCounter,
     anomalies: IntCounterVec,
     dead_letters: Vec<IntCounter>,
+    /// Records made durable by a sink (lines written, rows committed), by sink.
+    pub sink_records: IntCounterVec,
+    /// The event time (epoch seconds) up to which every sink of this process is complete.
+    pub durable_event_time_seconds: prometheus::Gauge,
+    /// Wall-clock time less that event time: how far results lag behind now.
+    pub watermark_delay_seconds: prometheus::Gauge,
     /// Rows per committed sink batch, by sink.
     pub sink_batch_rows: HistogramVec,
     /// Seconds to commit a sink batch (retries included), by sink.
@@ -88,6 +94,25 @@ impl RunStats {
         )
         .expect("metric definitions are valid");
         registry.register(Box::new(batch_seconds.clone())).expect("metric names are unique");
+        let sink_records = IntCounterVec::new(
+            Opts::new("millstream_sink_records_total", "Records made durable by a sink, by sink."),
+            &["sink"],
+        )
+        .expect("metric definitions are valid");
+        registry.register(Box::new(sink_records.clone())).expect("metric names are unique");
+        let float_gauge = |name: &str, help: &str| {
+            let g = prometheus::Gauge::new(name, help).expect("metric definitions are valid");
+            registry.register(Box::new(g.clone())).expect("metric names are unique");
+            g
+        };
+        let durable_event_time_seconds = float_gauge(
+            "millstream_durable_event_time_seconds",
+            "Event time (Unix seconds) up to which every sink of this process is complete.",
+        );
+        let watermark_delay_seconds = float_gauge(
+            "millstream_watermark_delay_seconds",
+            "Wall-clock time less the event time up to which every sink is complete.",
+        );
         let event_to_durable = HistogramVec::new(
             HistogramOpts::new(
                 "millstream_event_to_durable_seconds",
@@ -133,6 +158,9 @@ impl RunStats {
             sink_batch_seconds: batch_seconds,
             sink_circuit_open: circuit,
             event_to_durable_seconds: event_to_durable,
+            sink_records,
+            durable_event_time_seconds,
+            watermark_delay_seconds,
             registry,
         }
     }
@@ -165,6 +193,17 @@ impl RunStats {
 
     pub fn dead_letters_total(&self) -> u64 {
         self.dead_letters.iter().map(IntCounter::get).sum()
+    }
+
+    /// Records that every sink is complete up to event time `frontier` (epoch ms).
+    pub fn durable_frontier(&self, frontier: Option<u64>) {
+        if let Some(ms) = frontier {
+            self.durable_event_time_seconds.set(ms as f64 / 1000.0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.watermark_delay_seconds.set(now - ms as f64 / 1000.0);
+        }
     }
 
     /// Everything, in Prometheus' text exposition format.

@@ -99,6 +99,8 @@ fn prometheus_scrapes_rising_counters_with_their_labels() {
     assert!(dead.iter().all(|m| m["job"] == "millstream"));
     let (workers, _) = query(&prom, "millstream_workers").expect("workers gauge");
     assert_eq!(workers, 1.0);
+    let (delay, _) = query(&prom, "millstream_watermark_delay_seconds").expect("watermark delay is scraped");
+    assert!(delay.is_finite(), "{delay}");
     let (up, _) = query(&prom, "up{job=\"millstream\"}").expect("the target is up");
     assert_eq!(up, 1.0);
 }
