@@ -15,7 +15,7 @@ use clap::Args;
 use millstream_connectors::simulate::SimPayload;
 use millstream_connectors::simulate::{Simulator, SimulatorConfig};
 use millstream_events::decode::{decode_json, trim_line_end};
-use millstream_events::{DeadLetter, Reading, Reason, SourceLocation, Watermark};
+use millstream_events::{DeadLetter, Reading, SourceLocation, Watermark};
 use millstream_operators::sensor::{Outcome, SensorState};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -280,9 +280,15 @@ pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
             }
             Outcome::LateKept => {}
             Outcome::Rejected(reason) => {
+                // As the dataflow does: the raw line and its location, rendered.
                 report.dead_letters += 1;
-                rendered += reason.as_str().len();
-                let _: Reason = reason;
+                let dead = DeadLetter {
+                    reason,
+                    detail: reason.as_str().to_owned(),
+                    raw: String::from_utf8_lossy(line).into_owned(),
+                    source: SourceLocation::File { file: path.display().to_string(), line: report.lines },
+                };
+                rendered += serde_json::to_string(&dead)?.len();
             }
         }
     }

@@ -13,7 +13,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::render::render;
-use crate::score::{score_readings, ScoreContext};
+use crate::score::{score_readings, RunContext};
 use crate::source::OpenedSource;
 
 /// Builds the graph into `scope`; the probe passes a time once every sink has written it.
@@ -21,7 +21,7 @@ pub fn build<'scope>(
     scope: Scope<'scope, EventTime>,
     source: &OpenedSource,
     sinks: &[SinkSpec],
-    context: Arc<ScoreContext>,
+    context: Arc<RunContext>,
 ) -> ProbeHandle<EventTime> {
     let time = TimeModel {
         allowed_lateness_ms: context.config.allowed_lateness_ms,

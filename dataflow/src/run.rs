@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use millstream_sinks::SinkSpec;
 
 use crate::config::PipelineConfig;
-use crate::score::ScoreContext;
+use crate::score::RunContext;
 use crate::source::{OpenedSource, SourceSpec};
 use crate::stats::RunStats;
 
@@ -112,7 +112,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     stats.processes.set(cluster.processes as i64);
     let opened = OpenedSource::open(&source)?;
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
-    let context = Arc::new(ScoreContext {
+    let context = Arc::new(RunContext {
         config: pipeline,
         resolver: opened.resolver(),
         stats: Arc::clone(&stats),

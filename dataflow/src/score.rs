@@ -22,7 +22,7 @@ use crate::stats::RunStats;
 
 /// Everything the stage (and the sinks after it) need besides the input: settings, the raw-text
 /// resolver, and the process's shared counters and health.
-pub struct ScoreContext {
+pub struct RunContext {
     pub config: PipelineConfig,
     pub resolver: Arc<dyn RecordResolver>,
     pub stats: Arc<RunStats>,
@@ -42,7 +42,7 @@ pub fn sensor_route(sensor_id: &str) -> u64 {
 
 pub fn score_readings<'scope>(
     accepted: Stream<'scope, EventTime, Vec<Accepted>>,
-    context: Arc<ScoreContext>,
+    context: Arc<RunContext>,
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
     let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
     accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
@@ -113,7 +113,7 @@ fn process(
     state: &mut SensorState,
     accepted: &Accepted,
     time: EventTime,
-    context: &ScoreContext,
+    context: &RunContext,
     events: &mut Vec<SinkEvent>,
 ) -> u64 {
     let config = &context.config;
