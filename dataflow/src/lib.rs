@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_pg;
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod graph;
 pub mod health;
 pub mod http;

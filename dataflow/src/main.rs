@@ -49,6 +49,8 @@ enum Command {
     BenchPostgres(millstream::bench_pg::BenchPostgresArgs),
     /// Plot readings of a sensor or an asset, with anomaly episodes shaded, and print a summary table.
     Report(millstream::report::ReportArgs),
+    /// Score the pipeline on SKAB (labelled water-pump data) the SKAB way: F1, FAR, MAR.
+    Eval(millstream::eval::EvalArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
         Command::Migrate { database_url } => migrate(&database_url),
         Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
         Command::Report(args) => millstream::report::report(args),
+        Command::Eval(args) => millstream::eval::eval(args),
         Command::BenchLoop { path } => millstream::bench::hand_written_loop(&path).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
         }),
