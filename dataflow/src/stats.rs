@@ -53,114 +53,119 @@ impl std::fmt::Debug for RunStats {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("metric definitions are valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
-    c
+/// Registers `metric` (built from a definition that is known to be valid) and returns it.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: Result<M, prometheus::Error>) -> M {
+    let metric = metric.expect("metric definitions are valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+/// A histogram by sink, with exponential buckets from `start` by `factor`, `count` of them.
+fn sink_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    start: f64,
+    factor: f64,
+    count: usize,
+) -> HistogramVec {
+    let buckets = prometheus::exponential_buckets(start, factor, count).expect("valid buckets");
+    register(registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["sink"]))
 }
 
 impl RunStats {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let anomalies = IntCounterVec::new(
-            Opts::new("millstream_anomalies_total", "Anomaly events emitted, by detector and severity."),
-            &["detector", "severity"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(anomalies.clone())).expect("metric names are unique");
-        let dead_letter_vec = IntCounterVec::new(
-            Opts::new("millstream_dead_letters_total", "Records refused, by reason."),
-            &["reason"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(dead_letter_vec.clone())).expect("metric names are unique");
-        // Every reason exists from the start (at 0), so dashboards and alerts see the series.
-        let dead_letters =
-            Reason::ALL.iter().map(|r| dead_letter_vec.with_label_values(&[r.as_str()])).collect();
-        let batch_rows = HistogramVec::new(
-            HistogramOpts::new("millstream_sink_batch_rows", "Rows per committed sink batch.")
-                .buckets(prometheus::exponential_buckets(10.0, 4.0, 9).expect("valid buckets")),
-            &["sink"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(batch_rows.clone())).expect("metric names are unique");
-        let batch_seconds = HistogramVec::new(
-            HistogramOpts::new(
+        let r = &registry;
+        let dead_letter_vec = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("millstream_dead_letters_total", "Records refused, by reason."),
+                &["reason"],
+            ),
+        );
+        RunStats {
+            readings: register(
+                r,
+                IntCounter::new("millstream_readings_total", "Accepted readings that reached validation."),
+            ),
+            scored: register(
+                r,
+                IntCounter::new("millstream_readings_scored_total", "Readings scored by the detector."),
+            ),
+            late_kept: register(
+                r,
+                IntCounter::new("millstream_late_readings_total", "Late readings kept, flagged, not scored."),
+            ),
+            anomalies: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "millstream_anomalies_total",
+                        "Anomaly events emitted, by detector and severity.",
+                    ),
+                    &["detector", "severity"],
+                ),
+            ),
+            // Every reason exists from the start (at 0), so dashboards and alerts see the series.
+            dead_letters: Reason::ALL
+                .iter()
+                .map(|r| dead_letter_vec.with_label_values(&[r.as_str()]))
+                .collect(),
+            sink_records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("millstream_sink_records_total", "Records made durable by a sink, by sink."),
+                    &["sink"],
+                ),
+            ),
+            durable_event_time_seconds: register(
+                r,
+                prometheus::Gauge::new(
+                    "millstream_durable_event_time_seconds",
+                    "Event time (Unix seconds) up to which every sink of this process is complete.",
+                ),
+            ),
+            watermark_delay_seconds: register(
+                r,
+                prometheus::Gauge::new(
+                    "millstream_watermark_delay_seconds",
+                    "Wall-clock time less the event time up to which every sink is complete.",
+                ),
+            ),
+            sink_batch_rows: sink_histogram(
+                r,
+                "millstream_sink_batch_rows",
+                "Rows per committed sink batch.",
+                10.0,
+                4.0,
+                9,
+            ),
+            sink_batch_seconds: sink_histogram(
+                r,
                 "millstream_sink_batch_seconds",
                 "Time to commit a sink batch, retries included.",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid buckets")),
-            &["sink"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(batch_seconds.clone())).expect("metric names are unique");
-        let sink_records = IntCounterVec::new(
-            Opts::new("millstream_sink_records_total", "Records made durable by a sink, by sink."),
-            &["sink"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(sink_records.clone())).expect("metric names are unique");
-        let float_gauge = |name: &str, help: &str| {
-            let g = prometheus::Gauge::new(name, help).expect("metric definitions are valid");
-            registry.register(Box::new(g.clone())).expect("metric names are unique");
-            g
-        };
-        let durable_event_time_seconds = float_gauge(
-            "millstream_durable_event_time_seconds",
-            "Event time (Unix seconds) up to which every sink of this process is complete.",
-        );
-        let watermark_delay_seconds = float_gauge(
-            "millstream_watermark_delay_seconds",
-            "Wall-clock time less the event time up to which every sink is complete.",
-        );
-        let event_to_durable = HistogramVec::new(
-            HistogramOpts::new(
+                0.001,
+                4.0,
+                10,
+            ),
+            event_to_durable_seconds: sink_histogram(
+                r,
                 "millstream_event_to_durable_seconds",
                 "Commit time less the newest event time of the batch.",
-            )
-            .buckets(prometheus::exponential_buckets(0.01, 3.0, 12).expect("valid buckets")),
-            &["sink"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(event_to_durable.clone())).expect("metric names are unique");
-        let circuit = IntGaugeVec::new(
-            Opts::new("millstream_sink_circuit_open", "1 while the sink's circuit breaker is open."),
-            &["sink"],
-        )
-        .expect("metric definitions are valid");
-        registry.register(Box::new(circuit.clone())).expect("metric names are unique");
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("metric definitions are valid");
-            registry.register(Box::new(g.clone())).expect("metric names are unique");
-            g
-        };
-        RunStats {
-            readings: counter(
-                &registry,
-                "millstream_readings_total",
-                "Accepted readings that reached validation.",
+                0.01,
+                3.0,
+                12,
             ),
-            scored: counter(
-                &registry,
-                "millstream_readings_scored_total",
-                "Readings scored by the detector.",
+            sink_circuit_open: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("millstream_sink_circuit_open", "1 while the sink's circuit breaker is open."),
+                    &["sink"],
+                ),
             ),
-            late_kept: counter(
-                &registry,
-                "millstream_late_readings_total",
-                "Late readings kept, flagged, not scored.",
-            ),
-            workers: gauge("millstream_workers", "Worker threads in this process."),
-            processes: gauge("millstream_processes", "Processes in the timely cluster."),
-            anomalies,
-            dead_letters,
-            sink_batch_rows: batch_rows,
-            sink_batch_seconds: batch_seconds,
-            sink_circuit_open: circuit,
-            event_to_durable_seconds: event_to_durable,
-            sink_records,
-            durable_event_time_seconds,
-            watermark_delay_seconds,
+            workers: register(r, IntGauge::new("millstream_workers", "Worker threads in this process.")),
+            processes: register(r, IntGauge::new("millstream_processes", "Processes in the timely cluster.")),
             registry,
         }
     }
