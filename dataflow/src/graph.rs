@@ -34,7 +34,7 @@ pub fn build<'scope>(
     let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
     let stats = Arc::clone(&context.stats);
     let decode_dead_letters = rejected.map(move |dead| {
-        stats.dead_letter(dead.reason);
+        stats.record_dead_letter(&dead);
         SinkEvent::DeadLetter(dead)
     });
     let events = score_readings(accepted, Arc::clone(&context)).concat(decode_dead_letters);

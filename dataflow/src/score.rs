@@ -132,7 +132,7 @@ fn process(
                 events.push(reading_event(accepted, verdict.score, false));
             }
             for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
-                context.stats.anomaly(&anomaly.detector, anomaly.severity);
+                context.stats.record_anomaly(&anomaly);
                 events.push(SinkEvent::Anomaly(anomaly));
             }
             return 1;
@@ -144,7 +144,6 @@ fn process(
             }
         }
         Outcome::Rejected(reason) => {
-            context.stats.dead_letter(reason);
             let detail = match reason {
                 Reason::Duplicate => {
                     "exact repeat of an earlier reading (same sensor_id, ts and value)".to_owned()
@@ -163,6 +162,7 @@ fn process(
                 raw: context.resolver.raw_text(accepted),
                 source: context.resolver.location(accepted),
             };
+            context.stats.record_dead_letter(&dead);
             events.push(SinkEvent::DeadLetter(dead));
         }
     }

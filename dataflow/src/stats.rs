@@ -4,7 +4,7 @@
 //! Names are `millstream_*`, in base units, counters end in `_total`. Hot paths add per batch,
 //! not per record: a counter shared by all workers is one cache line they would fight over.
 
-use millstream_events::{Reason, Severity};
+use millstream_events::{Anomaly, DeadLetter, Reason, Severity};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -172,6 +172,26 @@ impl RunStats {
 
     pub fn anomaly(&self, detector: &str, severity: Severity) {
         self.anomalies.with_label_values(&[detector, severity.as_str()]).inc();
+    }
+
+    /// An anomaly event: its counter and its log line (info level), together.
+    pub fn record_anomaly(&self, anomaly: &Anomaly) {
+        self.anomaly(&anomaly.detector, anomaly.severity);
+        tracing::info!(
+            event_id = %anomaly.event_id,
+            sensor_id = %anomaly.sensor_id,
+            asset_id = %anomaly.asset_id,
+            detector = %anomaly.detector,
+            severity = anomaly.severity.as_str(),
+            score = anomaly.score,
+            "anomaly"
+        );
+    }
+
+    /// A refused record: its counter and its log line (debug level: they can be many), together.
+    pub fn record_dead_letter(&self, dead: &DeadLetter) {
+        self.dead_letter(dead.reason);
+        tracing::debug!(reason = dead.reason.as_str(), source = ?dead.source, detail = %dead.detail, "dead letter");
     }
 
     pub fn anomalies_total(&self) -> u64 {
