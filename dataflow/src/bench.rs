@@ -69,34 +69,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let file_arg = format!("file:{}", path.display());
     // (name, arguments, copies run side by side)
     let loop_args: Vec<String> = vec!["bench-loop".into(), path.display().to_string()];
+    let dataflow = |workers: &str| -> Vec<String> {
+        ["run", "--source", &file_arg, "--sink", "null", "--workers", workers].map(str::to_owned).to_vec()
+    };
     let configs: Vec<(&str, Vec<String>, usize)> = vec![
         ("hand-written loop", loop_args.clone(), 1),
-        (
-            "dataflow, 1 worker",
-            vec![
-                "run".into(),
-                "--source".into(),
-                file_arg.clone(),
-                "--sink".into(),
-                "null".into(),
-                "--workers".into(),
-                "1".into(),
-            ],
-            1,
-        ),
-        (
-            "dataflow, 2 workers",
-            vec![
-                "run".into(),
-                "--source".into(),
-                file_arg.clone(),
-                "--sink".into(),
-                "null".into(),
-                "--workers".into(),
-                "2".into(),
-            ],
-            1,
-        ),
+        ("dataflow, 1 worker", dataflow("1"), 1),
+        ("dataflow, 2 workers", dataflow("2"), 1),
         // The machine's own two-core scaling: two independent loops at once. On shared virtual
         // machines two busy cores are often slower each than one; this is the ceiling.
         ("2 loops side by side", loop_args, 2),

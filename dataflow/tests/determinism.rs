@@ -10,17 +10,19 @@ use common::*;
 
 const FILES: [&str; 3] = ["anomalies.jsonl", "dead_letters.jsonl", "scores.jsonl"];
 
+/// `run` of `source` into `jsonl:out` with scores, on `workers` threads, plus `extra`.
+fn run_args(source: &str, out: &Path, workers: usize, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--source", source, "--sink", &format!("jsonl:{}", out.display())]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--emit-scores".to_owned(), "--workers".to_owned(), workers.to_string()]);
+    args.extend_from_slice(extra);
+    args
+}
+
 fn run_single(source: &str, out: &Path, workers: usize) {
-    run_ok(&[
-        "run",
-        "--source",
-        source,
-        "--sink",
-        &format!("jsonl:{}", out.display()),
-        "--emit-scores",
-        "--workers",
-        &workers.to_string(),
-    ]);
+    let args = run_args(source, out, workers, &[]);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 fn run_cluster(source: &str, out: &Path, dir: &Path) {
@@ -28,23 +30,17 @@ fn run_cluster(source: &str, out: &Path, dir: &Path) {
     std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
     let children: Vec<_> = (0..2)
         .map(|process| {
+            let cluster = [
+                "--processes",
+                "2",
+                "--process",
+                &process.to_string(),
+                "--hostfile",
+                &hostfile.display().to_string(),
+            ]
+            .map(str::to_owned);
             millstream()
-                .args([
-                    "run",
-                    "--source",
-                    source,
-                    "--sink",
-                    &format!("jsonl:{}", out.display()),
-                    "--emit-scores",
-                    "--workers",
-                    "1",
-                    "--processes",
-                    "2",
-                    "--process",
-                    &process.to_string(),
-                    "--hostfile",
-                    &hostfile.display().to_string(),
-                ])
+                .args(run_args(source, out, 1, &cluster))
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("millstream starts")
