@@ -7,6 +7,7 @@
 //! timestamps, and everything downstream, are a function of the input alone.
 
 pub mod file;
+pub mod kafka;
 pub mod plant_source;
 pub mod simulate;
 

@@ -133,7 +133,7 @@ impl AdminSettings {
     }
 }
 
-fn read_secret(
+pub(crate) fn read_secret(
     value: &Option<Secret>,
     file: &Option<std::path::PathBuf>,
 ) -> Result<Option<Secret>, ConfigError> {
@@ -183,6 +183,7 @@ pub struct Settings {
     pub pipeline: PipelineConfig,
     pub postgres: PostgresSettings,
     pub admin: AdminSettings,
+    pub kafka: crate::kafka_settings::KafkaSettings,
     pub log: LogSettings,
 }
 

@@ -71,6 +71,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         http: None,
         postgres: Default::default(),
         admin: crate::http::Admin { token: None, config: String::new() },
+        kafka: Default::default(),
+        stop_at_end: false,
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -118,6 +118,8 @@ fn flagged_instants(
         http: None,
         postgres: Default::default(),
         admin: crate::http::Admin { token: None, config: String::new() },
+        kafka: Default::default(),
+        stop_at_end: false,
     };
     run(plan, Arc::new(RunStats::default()))?;
     let text = std::fs::read_to_string(results.join("anomalies.jsonl"))?;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use millstream_connectors::file::file_source;
+use millstream_connectors::kafka::{kafka_source, KafkaSourceHandle};
 use millstream_connectors::plant_source::simulator_source;
 use millstream_events::{EventTime, Ingested, SinkEvent, TimeModel};
 use millstream_sinks::{JsonlSink, LineSink, SinkSpec, StdoutSink};
@@ -16,20 +17,35 @@ use crate::render::render;
 use crate::score::{score_readings, RunContext};
 use crate::source::OpenedSource;
 
-/// Builds the graph into `scope`; the probe passes a time once every sink has written it.
+/// A graph built on one worker: the probe passes a time once every sink has it durably, and
+/// a Kafka source leaves a handle to commit its last offsets once the run is complete.
+pub struct Built {
+    pub probe: ProbeHandle<EventTime>,
+    pub kafka: Option<KafkaSourceHandle>,
+}
+
+/// Builds the graph into `scope`.
 pub fn build<'scope>(
     scope: Scope<'scope, EventTime>,
     source: &OpenedSource,
     sinks: &[SinkSpec],
     context: Arc<RunContext>,
-) -> ProbeHandle<EventTime> {
+) -> Built {
     let time = TimeModel {
         allowed_lateness_ms: context.config.allowed_lateness_ms,
         epoch_ms: context.config.epoch_ms,
     };
+    let probe = ProbeHandle::new();
+    let mut kafka = None;
     let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
         OpenedSource::File(input) => file_source(scope, Arc::clone(input), time),
         OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),
+        OpenedSource::Kafka(input) => {
+            let (stream, handle) = kafka_source(scope, Arc::clone(input), time, probe.clone())
+                .unwrap_or_else(|e| crate::fatal(&format!("cannot create the Kafka consumer: {e}")));
+            kafka = Some(handle);
+            stream
+        }
     };
     let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
     let stats = Arc::clone(&context.stats);
@@ -41,7 +57,6 @@ pub fn build<'scope>(
     let emit_scores = context.config.emit_scores;
     let lines = events.clone().flat_map(move |event| render(&event, emit_scores));
 
-    let probe = ProbeHandle::new();
     for spec in sinks {
         let written = match spec {
             SinkSpec::Jsonl(dir) => {
@@ -70,8 +85,14 @@ pub fn build<'scope>(
                     Arc::clone(&context.stats),
                 )
             }
+            SinkSpec::Kafka(_) => crate::kafka_sink::write_kafka(
+                events.clone(),
+                context.kafka_sink.clone().expect("the run prepares the Kafka sink"),
+                Arc::clone(&context.health),
+                Arc::clone(&context.stats),
+            ),
         };
         written.probe_with(&probe);
     }
-    probe
+    Built { probe, kafka }
 }

@@ -14,7 +14,10 @@ pub mod eval;
 pub mod graph;
 pub mod health;
 pub mod http;
+pub mod kafka_settings;
+pub mod kafka_sink;
 pub mod pg_sink;
+pub mod produce;
 pub mod render;
 pub mod report;
 pub mod run;
@@ -23,3 +26,10 @@ pub mod sink;
 pub mod source;
 pub mod stash;
 pub mod stats;
+
+/// Stops the process with a one-line reason: for failures inside a worker that leave the run
+/// without a way to continue (a sink or a source that cannot be created).
+pub fn fatal(message: &str) -> ! {
+    eprintln!("millstream: fatal: {message}");
+    std::process::exit(1);
+}

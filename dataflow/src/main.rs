@@ -51,6 +51,8 @@ enum Command {
     Report(millstream::report::ReportArgs),
     /// Score the pipeline on SKAB (labelled water-pump data) the SKAB way: F1, FAR, MAR.
     Eval(millstream::eval::EvalArgs),
+    /// Load readings into a Kafka topic, keyed by sensor_id, creating the topic if missing.
+    Produce(millstream::produce::ProduceArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
         Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
         Command::Report(args) => millstream::report::report(args),
         Command::Eval(args) => millstream::eval::eval(args),
+        Command::Produce(args) => millstream::produce::produce(args),
         Command::BenchLoop { path } => millstream::bench::hand_written_loop(&path).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
         }),
@@ -192,7 +195,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     let _ = config; // loaded above
     let config_text = settings.to_redacted_toml();
-    let Settings { run: run_settings, mut pipeline, postgres, admin, log: _ } = settings;
+    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, log: _ } = settings;
     let admin = millstream::http::Admin { token: admin.resolve_token()?, config: config_text };
     let source = match (source, run_settings.source) {
         (Some(source), _) => source,
@@ -217,8 +220,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    // Files and the simulator are finite: they always stop at their end.
-    let _ = stop_at_end;
     if let Some(ms) = allowed_lateness_ms {
         pipeline.allowed_lateness_ms = ms;
     }
@@ -235,7 +236,10 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     let cluster = cluster.into_options(run_settings.workers);
-    let report = run(RunPlan { source, sinks, pipeline, cluster, http, postgres, admin }, stats)?;
+    // Files and the simulator are finite and always stop at their end; `stop_at_end` makes a
+    // Kafka source finite.
+    let plan = RunPlan { source, sinks, pipeline, cluster, http, postgres, admin, kafka, stop_at_end };
+    let report = run(plan, stats)?;
     let s = &report.stats;
     tracing::info!(
         readings = s.readings.get(),

@@ -86,6 +86,11 @@ pub struct RunPlan {
     pub postgres: crate::pg_sink::PgSinkSettings,
     /// The admin endpoints' token and what they show.
     pub admin: crate::http::Admin,
+    /// The `[kafka]` settings, for a Kafka source or sink.
+    pub kafka: crate::kafka_settings::KafkaSettings,
+    /// Kafka source: stop, flushed and committed, once every partition reaches the end offset
+    /// it had when the run started.
+    pub stop_at_end: bool,
 }
 
 /// What a finished run did in this process.
@@ -98,7 +103,7 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, pipeline, cluster, http, postgres, admin } = plan;
+    let RunPlan { source, sinks, mut pipeline, cluster, http, postgres, admin, kafka, stop_at_end } = plan;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
         let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats), admin)?;
@@ -110,7 +115,34 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let timely_config = cluster.timely_config()?;
     stats.workers.set(cluster.workers as i64);
     stats.processes.set(cluster.processes as i64);
-    let opened = OpenedSource::open(&source)?;
+    if let (SourceSpec::Kafka(_), Some(lateness)) = (&source, kafka.allowed_lateness_ms) {
+        pipeline.allowed_lateness_ms = lateness;
+    }
+    let kafka_sink = match sinks.iter().find_map(|s| match s {
+        SinkSpec::Kafka(brokers) => Some(brokers),
+        _ => None,
+    }) {
+        Some(brokers) => {
+            let settings = crate::kafka_sink::KafkaSinkSettings {
+                client: kafka.client_config(brokers)?,
+                topics: kafka.sink_topics()?,
+            };
+            if cluster.process == 0 {
+                let topics = [settings.topics.notifications.as_str(), settings.topics.dead_letters.as_str()];
+                millstream_sinks::kafka::ensure_topics(&settings.client, &topics, kafka.topic_partitions)
+                    .map_err(|e| anyhow::anyhow!("kafka sink: {e}"))?;
+            }
+            Some(settings)
+        }
+        None => None,
+    };
+    if sinks.iter().filter(|s| matches!(s, SinkSpec::Kafka(_))).count() > 1 {
+        bail!("at most one kafka:// sink (its topics come from the [kafka] config)");
+    }
+    let observer =
+        Arc::new(crate::stats::KafkaSourceStats { stats: Arc::clone(&stats), health: Arc::clone(&health) });
+    let opened =
+        OpenedSource::open(&source, crate::source::KafkaOpen { settings: &kafka, stop_at_end, observer })?;
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
     let context = Arc::new(RunContext {
         config: pipeline,
@@ -118,13 +150,14 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         stats: Arc::clone(&stats),
         health,
         postgres,
+        kafka_sink,
         emit_readings,
     });
     let started = Instant::now();
     let threads = cluster.workers.max(1);
     let stats_for_workers = Arc::clone(&stats);
     let guards = timely::execute(timely_config, move |worker| {
-        let probe = worker
+        let crate::graph::Built { probe, kafka } = worker
             .dataflow::<u64, _, _>(|scope| crate::graph::build(scope, &opened, &sinks, Arc::clone(&context)));
         // One worker of each process reports how far its sinks are complete.
         let reports_frontier = worker.index() % threads == 0;
@@ -132,6 +165,12 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
             worker.step_or_park(None);
             if reports_frontier {
                 stats_for_workers.durable_frontier(probe.with_frontier(|f| f.first().copied()));
+            }
+        }
+        // Everything read is durable now: commit it before the process exits.
+        if let Some(kafka) = kafka {
+            if let Err(e) = kafka.commit_all(Duration::from_secs(30)) {
+                crate::fatal(&format!("kafka source: {e}"));
             }
         }
     })

@@ -28,6 +28,8 @@ pub struct RunContext {
     pub stats: Arc<RunStats>,
     /// The PostgreSQL sinks' settings.
     pub postgres: crate::pg_sink::PgSinkSettings,
+    /// The Kafka sink's settings, when there is one.
+    pub kafka_sink: Option<crate::kafka_sink::KafkaSinkSettings>,
     /// Component health, for `/health/ready`.
     pub health: Arc<crate::health::Health>,
     /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);

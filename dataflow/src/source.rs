@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use millstream_connectors::file::{FileInput, FileSourceError};
+use millstream_connectors::kafka::{KafkaAddress, KafkaAddressError, KafkaInput};
 use millstream_connectors::RecordResolver;
 
 /// A source named on the command line.
@@ -13,14 +14,18 @@ pub enum SourceSpec {
     File(PathBuf),
     /// `simulate` or `simulate:key=value,…`: the plant simulator.
     Simulate(Vec<(String, String)>),
+    /// `kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]`.
+    Kafka(KafkaAddress),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source `file:` needs a path, as in file:readings.jsonl")]
     MissingPath,
-    #[error("source `kafka://` is not supported yet (supported: file:PATH, simulate)")]
-    KafkaNotYet,
+    #[error("source {0}")]
+    KafkaAddress(#[from] KafkaAddressError),
+    #[error("{0}")]
+    Kafka(String),
     #[error("unknown source `{0}` (expected file:PATH, simulate[:key=value,…], kafka://HOST:PORT/TOPIC)")]
     Unknown(String),
     #[error("simulate option `{0}` is not key=value")]
@@ -56,7 +61,7 @@ impl std::str::FromStr for SourceSpec {
             return Ok(SourceSpec::Simulate(pairs));
         }
         if s.starts_with("kafka://") {
-            return Err(SourceError::KafkaNotYet);
+            return Ok(SourceSpec::Kafka(KafkaAddress::parse(s, true)?));
         }
         Err(SourceError::Unknown(s.to_owned()))
     }
@@ -67,11 +72,26 @@ impl std::str::FromStr for SourceSpec {
 pub enum OpenedSource {
     File(Arc<FileInput>),
     Simulate(Arc<millstream_connectors::plant_source::SimulatedPlant>),
+    Kafka(Arc<KafkaInput>),
+}
+
+/// What opening a Kafka source needs besides its address.
+pub struct KafkaOpen<'a> {
+    pub settings: &'a crate::kafka_settings::KafkaSettings,
+    pub stop_at_end: bool,
+    pub observer: Arc<dyn millstream_connectors::kafka::KafkaSourceObserver>,
 }
 
 impl OpenedSource {
-    pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
+    pub fn open(spec: &SourceSpec, kafka: KafkaOpen<'_>) -> Result<Self, SourceError> {
         Ok(match spec {
+            SourceSpec::Kafka(address) => {
+                let options = kafka
+                    .settings
+                    .source_options(&address.brokers, address.topics.clone(), kafka.stop_at_end)
+                    .map_err(|e| SourceError::Kafka(e.to_string()))?;
+                OpenedSource::Kafka(Arc::new(KafkaInput { options, observer: kafka.observer }))
+            }
             SourceSpec::File(path) => OpenedSource::File(FileInput::open(path)?),
             SourceSpec::Simulate(options) => OpenedSource::Simulate(Arc::new(
                 millstream_connectors::plant_source::SimulatedPlant::from_options(options)
@@ -84,6 +104,7 @@ impl OpenedSource {
         match self {
             OpenedSource::File(f) => Arc::clone(f) as Arc<dyn RecordResolver>,
             OpenedSource::Simulate(s) => Arc::clone(s) as Arc<dyn RecordResolver>,
+            OpenedSource::Kafka(k) => Arc::clone(k) as Arc<dyn RecordResolver>,
         }
     }
 }
@@ -101,7 +122,11 @@ mod tests {
             SourceSpec::Simulate(vec![("assets".into(), "2".into()), ("seed".into(), "9".into())])
         );
         assert!(matches!("file:".parse::<SourceSpec>(), Err(SourceError::MissingPath)));
-        assert!(matches!("kafka://h:1/t".parse::<SourceSpec>(), Err(SourceError::KafkaNotYet)));
+        assert_eq!(
+            "kafka://h:1/t".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Kafka(KafkaAddress { brokers: "h:1".into(), topics: vec!["t".into()] })
+        );
+        assert!(matches!("kafka://h:1".parse::<SourceSpec>(), Err(SourceError::KafkaAddress(_))));
         assert!(matches!("simulate:x".parse::<SourceSpec>(), Err(SourceError::BadOption(_))));
         assert!(matches!("nope".parse::<SourceSpec>(), Err(SourceError::Unknown(_))));
     }

@@ -4,6 +4,8 @@
 //! Names are `millstream_*`, in base units, counters end in `_total`. Hot paths add per batch,
 //! not per record: a counter shared by all workers is one cache line they would fight over.
 
+use std::sync::Arc;
+
 use millstream_events::{Anomaly, DeadLetter, Reason, Severity};
 use prometheus::core::Collector;
 use prometheus::{
@@ -36,6 +38,17 @@ pub struct RunStats {
     pub event_to_durable_seconds: HistogramVec,
     /// 1 while a sink's circuit breaker is open, by sink.
     pub sink_circuit_open: IntGaugeVec,
+    /// Kafka consumer lag: high watermark less the next offset to process, by topic and
+    /// partition (absent while either is unknown).
+    pub kafka_consumer_lag: IntGaugeVec,
+    /// Records read from Kafka, by topic and partition.
+    pub kafka_records: IntCounterVec,
+    /// The offset last committed (acknowledged by the broker), by topic and partition.
+    pub kafka_committed_offset: IntGaugeVec,
+    /// Offset commits that failed (they are retried).
+    pub kafka_commit_failures: IntCounter,
+    /// 1 while the Kafka source cannot reach its brokers.
+    pub kafka_source_disconnected: IntGauge,
     /// Worker threads in this process, and processes in the cluster.
     pub workers: IntGauge,
     pub processes: IntGauge,
@@ -164,6 +177,50 @@ impl RunStats {
                     &["sink"],
                 ),
             ),
+            kafka_consumer_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "millstream_kafka_consumer_lag",
+                        "High watermark less the next offset to process, by topic and partition.",
+                    ),
+                    &["topic", "partition"],
+                ),
+            ),
+            kafka_records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "millstream_kafka_records_total",
+                        "Records read from Kafka, by topic and partition.",
+                    ),
+                    &["topic", "partition"],
+                ),
+            ),
+            kafka_committed_offset: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "millstream_kafka_committed_offset",
+                        "Offset last committed for the consumer group, by topic and partition.",
+                    ),
+                    &["topic", "partition"],
+                ),
+            ),
+            kafka_commit_failures: register(
+                r,
+                IntCounter::new(
+                    "millstream_kafka_commit_failures_total",
+                    "Offset commits that failed (retried).",
+                ),
+            ),
+            kafka_source_disconnected: register(
+                r,
+                IntGauge::new(
+                    "millstream_kafka_source_disconnected",
+                    "1 while the Kafka source cannot reach its brokers.",
+                ),
+            ),
             workers: register(r, IntGauge::new("millstream_workers", "Worker threads in this process.")),
             processes: register(r, IntGauge::new("millstream_processes", "Processes in the timely cluster.")),
             registry,
@@ -236,6 +293,52 @@ impl RunStats {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// The Kafka source's reports, as metrics, logs and health.
+pub struct KafkaSourceStats {
+    pub stats: Arc<RunStats>,
+    pub health: Arc<crate::health::Health>,
+}
+
+impl millstream_connectors::kafka::KafkaSourceObserver for KafkaSourceStats {
+    fn consumed(&self, topic: &str, partition: i32, records: u64) {
+        self.stats.kafka_records.with_label_values(&[topic, &partition.to_string()]).inc_by(records);
+    }
+
+    fn lag(&self, topic: &str, partition: i32, lag: Option<i64>) {
+        let partition = partition.to_string();
+        match lag {
+            Some(lag) => self.stats.kafka_consumer_lag.with_label_values(&[topic, &partition]).set(lag),
+            None => {
+                let _ = self.stats.kafka_consumer_lag.remove_label_values(&[topic, &partition]);
+            }
+        }
+    }
+
+    fn committed(&self, topic: &str, partition: i32, offset: i64) {
+        tracing::debug!(topic, partition, offset, "offsets committed");
+        self.stats.kafka_committed_offset.with_label_values(&[topic, &partition.to_string()]).set(offset);
+    }
+
+    fn commit_failed(&self, error: &str) {
+        tracing::warn!(error, "kafka offset commit failed; retrying at the next interval");
+        self.stats.kafka_commit_failures.inc();
+    }
+
+    fn connection(&self, up: bool, detail: &str) {
+        use crate::health::ComponentHealth;
+        if up {
+            tracing::info!("kafka source: brokers reachable");
+            self.stats.kafka_source_disconnected.set(0);
+            self.health.set("kafka source", ComponentHealth::Ready);
+        } else {
+            tracing::warn!(detail, "kafka source: brokers unreachable; retrying");
+            self.stats.kafka_source_disconnected.set(1);
+            self.health
+                .set("kafka source", ComponentHealth::NotReady(format!("brokers unreachable: {detail}")));
+        }
     }
 }
 

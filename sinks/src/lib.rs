@@ -5,6 +5,7 @@
 //! Later sinks (PostgreSQL, Kafka) implement the same contract with their own durability.
 
 mod jsonl;
+pub mod kafka;
 pub mod postgres;
 mod spec;
 mod stdout;

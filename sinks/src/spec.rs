@@ -14,14 +14,17 @@ pub enum SinkSpec {
     /// `postgres://…` or `postgresql://…`: readings, anomalies and dead letters in PostgreSQL
     /// (TimescaleDB when available), idempotently.
     Postgres(String),
+    /// `kafka://HOST:PORT[,HOST:PORT]`: anomalies to the notification topic and dead letters
+    /// to the dead-letter topic (names from the `[kafka]` config). Holds the brokers.
+    Kafka(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkSpecError {
     #[error("sink `jsonl:` needs a directory, as in jsonl:out/")]
     MissingDirectory,
-    #[error("sink `{0}` is not supported yet (supported: jsonl:DIR, stdout, null, postgres://…)")]
-    NotYetSupported(String),
+    #[error("sink `{0}` is not kafka://HOST:PORT[,HOST:PORT] (topics come from the [kafka] config)")]
+    KafkaAddress(String),
     #[error("unknown sink `{0}` (expected jsonl:DIR, stdout, null, postgres://…, kafka://HOST:PORT)")]
     Unknown(String),
 }
@@ -49,7 +52,19 @@ impl std::str::FromStr for SinkSpec {
             _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
                 Ok(SinkSpec::Postgres(s.to_owned()))
             }
-            _ if s.starts_with("kafka://") => Err(SinkSpecError::NotYetSupported("kafka".to_owned())),
+            _ if s.starts_with("kafka://") => {
+                let brokers = &s["kafka://".len()..];
+                let valid = !brokers.is_empty()
+                    && brokers.split(',').all(|b| {
+                        b.rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+                    });
+                if valid {
+                    Ok(SinkSpec::Kafka(brokers.to_owned()))
+                } else {
+                    Err(SinkSpecError::KafkaAddress(s.to_owned()))
+                }
+            }
             _ => Err(SinkSpecError::Unknown(s.to_owned())),
         }
     }
@@ -65,7 +80,9 @@ mod tests {
         assert_eq!("stdout".parse(), Ok(SinkSpec::Stdout));
         assert_eq!("null".parse(), Ok(SinkSpec::Null));
         assert_eq!("jsonl:".parse::<SinkSpec>(), Err(SinkSpecError::MissingDirectory));
-        assert!(matches!("kafka://h:1".parse::<SinkSpec>(), Err(SinkSpecError::NotYetSupported(_))));
+        assert_eq!("kafka://h:1,g:2".parse(), Ok(SinkSpec::Kafka("h:1,g:2".into())));
+        assert!(matches!("kafka://h:1/topic".parse::<SinkSpec>(), Err(SinkSpecError::KafkaAddress(_))));
+        assert!(matches!("kafka://".parse::<SinkSpec>(), Err(SinkSpecError::KafkaAddress(_))));
         assert_eq!("postgres://u@h/db".parse(), Ok(SinkSpec::Postgres("postgres://u@h/db".into())));
         assert!(matches!("ftp".parse::<SinkSpec>(), Err(SinkSpecError::Unknown(_))));
     }

@@ -13,6 +13,13 @@
 //! PostgreSQL refuses to run as root. When the tests run as root (as on this project's machines),
 //! `initdb`, `pg_ctl` and so `postgres` run as the unprivileged user `nobody` (through `runuser`,
 //! or `su` where there is no `runuser`), and the temporary directory is handed to that user.
+//!
+//! [`TestKafka`] gives a Kafka-protocol broker (tansu) in a temporary directory on a free
+//! loopback port, with helpers to create topics, produce, and read topics back (see [`kafka`]).
+
+pub mod kafka;
+
+pub use kafka::{ConsumedRecord, TestKafka, TestRecord};
 
 use std::ffi::{OsStr, OsString};
 use std::net::TcpListener;

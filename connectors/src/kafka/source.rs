@@ -1,0 +1,632 @@
+//! The Kafka source operator: each worker reads the partitions it owns, stamps records with
+//! event time, holds its capability at the smallest partition watermark, and commits, per
+//! partition, the offsets whose results every durable sink has.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use millstream_events::decode::decode_json;
+use millstream_events::{
+    Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, SourceLocation, TimeModel, Watermark,
+};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::scheduling::SyncActivator;
+
+use super::discovery::{self, Discovery, Found};
+use super::offsets::OffsetLedger;
+use super::options::{KafkaSourceOptions, StartFrom};
+use crate::RecordResolver;
+
+/// Bits of [`Origin::stream`] that hold the partition; the topic's index is above them.
+const PARTITION_BITS: u32 = 20;
+
+/// Messages read from one partition per activation, so one busy partition cannot starve the
+/// others or the rest of the worker.
+const READ_BUDGET: usize = 4_096;
+
+/// How often lag and idleness are looked at when nothing else wakes the operator.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What the source reports, for metrics and health. Every method has a no-op default.
+pub trait KafkaSourceObserver: Send + Sync {
+    /// `records` were read from a partition.
+    fn consumed(&self, _topic: &str, _partition: i32, _records: u64) {}
+    /// High watermark less the next offset to process; `None` while either is unknown.
+    fn lag(&self, _topic: &str, _partition: i32, _lag: Option<i64>) {}
+    /// The broker acknowledged a commit.
+    fn committed(&self, _topic: &str, _partition: i32, _offset: i64) {}
+    /// A commit failed; it is retried at the next commit interval.
+    fn commit_failed(&self, _error: &str) {}
+    /// The brokers became unreachable (`false`, with why) or reachable again (`true`).
+    fn connection(&self, _up: bool, _detail: &str) {}
+    /// This worker's source watermark (the time it holds its capability at).
+    fn watermark(&self, _worker: usize, _time: EventTime) {}
+}
+
+/// A no-op observer.
+impl KafkaSourceObserver for () {}
+
+/// A Kafka source opened in one process, shared by its workers.
+pub struct KafkaInput {
+    pub options: KafkaSourceOptions,
+    pub observer: Arc<dyn KafkaSourceObserver>,
+}
+
+impl KafkaInput {
+    fn topic_of(&self, origin: Origin) -> (&str, i32) {
+        let index = (origin.stream >> PARTITION_BITS) as usize;
+        let topic = self.options.topics.get(index).map_or("?", String::as_str);
+        (topic, (origin.stream & ((1 << PARTITION_BITS) - 1)) as i32)
+    }
+}
+
+impl RecordResolver for KafkaInput {
+    /// Readings do not carry their bytes through the dataflow; a reading refused after the
+    /// exchange (a duplicate, or late under the dead-letter policy) is given in the contract's
+    /// JSON form, which decodes to the same reading. Decode failures keep their exact bytes.
+    fn raw_text(&self, accepted: &Accepted) -> String {
+        accepted.reading.to_contract_json()
+    }
+
+    fn location(&self, accepted: &Accepted) -> SourceLocation {
+        let (topic, partition) = self.topic_of(accepted.origin);
+        SourceLocation::Kafka { topic: topic.to_owned(), partition, offset: accepted.origin.offset as i64 }
+    }
+}
+
+/// Lets the worker commit what is left once the dataflow is complete.
+#[derive(Clone)]
+pub struct KafkaSourceHandle(Rc<RefCell<Option<Reader>>>);
+
+impl KafkaSourceHandle {
+    /// Commits every offset read (all of it is durable once the dataflow is complete) and
+    /// waits for the broker to acknowledge, up to `timeout`.
+    pub fn commit_all(&self, timeout: Duration) -> Result<(), String> {
+        let mut reader = self.0.borrow_mut();
+        let Some(reader) = reader.as_mut() else { return Ok(()) };
+        let empty = timely::progress::Antichain::new();
+        for p in &mut reader.partitions {
+            p.ledger.advance(empty.borrow());
+        }
+        let list = reader.commit_list();
+        if list.count() == 0 {
+            return Ok(());
+        }
+        reader.consumer.commit(&list, CommitMode::Sync).map_err(|e| format!("final commit failed: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        // Serve the commit callback so the observer sees the acknowledgement.
+        while reader.consumer.poll(Duration::ZERO).is_some() && Instant::now() < deadline {}
+        reader.take_commit_outcomes();
+        Ok(())
+    }
+}
+
+/// Per-consumer callbacks: wake the operator, record commit outcomes, report broker health.
+struct SourceContext {
+    wake: Mutex<Option<SyncActivator>>,
+    commits: Mutex<Vec<CommitOutcome>>,
+    observer: Arc<dyn KafkaSourceObserver>,
+    worker: usize,
+    /// The brokers were reported unreachable and nothing has worked since.
+    down: std::sync::atomic::AtomicBool,
+}
+
+struct CommitOutcome {
+    result: KafkaResult<()>,
+    offsets: Vec<(String, i32, Option<i64>, bool)>,
+}
+
+impl SourceContext {
+    /// Something worked: if the brokers were down, they are back.
+    fn reachable(&self) {
+        if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(worker_id = self.worker, "kafka brokers reachable again");
+            self.observer.connection(true, "");
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.observer.connection(false, why);
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(activator) = self.wake.lock().expect("wake lock").as_ref() {
+            let _ = activator.activate();
+        }
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(worker_id = self.worker, %error, reason, "kafka client error");
+        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+            self.unreachable(reason);
+        }
+        self.wake();
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let offsets = offsets
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_owned(), e.partition(), offset, e.error().is_ok())
+            })
+            .collect();
+        self.commits.lock().expect("commit lock").push(CommitOutcome { result, offsets });
+        self.wake();
+    }
+}
+
+/// One owned partition.
+struct Partition {
+    topic_index: usize,
+    topic: Arc<str>,
+    c_topic: CString,
+    partition: i32,
+    queue: Option<PartitionQueue<SourceContext>>,
+    watermark: Watermark,
+    /// The next offset to process.
+    next_offset: i64,
+    /// With `--stop-at-end`: where this partition's backfill ends.
+    end: Option<i64>,
+    done: bool,
+    /// Reached the end of the log (no record waiting) and since then read nothing.
+    at_end: bool,
+    last_record: Instant,
+    ledger: OffsetLedger,
+    /// Last offset the broker acknowledged as committed.
+    acknowledged: Option<i64>,
+}
+
+impl Partition {
+    fn new(found: &Found, topic: &str, time: &TimeModel, floor: EventTime) -> Self {
+        // A partition joining a running source starts at the source's capability: it must
+        // not emit before times that may already have been passed.
+        let watermark = if floor == 0 {
+            time.watermark()
+        } else {
+            Watermark::resume(Some(floor + time.allowed_lateness_ms), time.allowed_lateness_ms)
+        };
+        Partition {
+            topic_index: found.topic_index,
+            topic: Arc::from(topic),
+            c_topic: CString::new(topic).expect("topic names have no NUL"),
+            partition: found.partition,
+            queue: None,
+            watermark,
+            next_offset: found.start,
+            end: found.end,
+            done: found.end.is_some_and(|end| found.start >= end),
+            at_end: false,
+            last_record: Instant::now(),
+            ledger: OffsetLedger::default(),
+            acknowledged: found.resumed.then_some(found.start),
+        }
+    }
+
+    fn origin(&self, offset: i64) -> Origin {
+        Origin {
+            stream: ((self.topic_index as u32) << PARTITION_BITS) | self.partition as u32,
+            offset: offset as u64,
+        }
+    }
+}
+
+/// A worker's reading state, shared with its [`KafkaSourceHandle`].
+struct Reader {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    partitions: Vec<Partition>,
+    discovered: bool,
+    discovery: Receiver<Discovery>,
+    _stop_discovery: Sender<()>,
+}
+
+impl Reader {
+    fn commit_list(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for p in &self.partitions {
+            if let Some(durable) = p.ledger.durable() {
+                if p.acknowledged.is_none_or(|a| durable > a) {
+                    list.add_partition_offset(&p.topic, p.partition, Offset::Offset(durable))
+                        .expect("a valid offset");
+                }
+            }
+        }
+        list
+    }
+
+    fn take_commit_outcomes(&mut self) {
+        let outcomes = std::mem::take(&mut *self.consumer.context().commits.lock().expect("commit lock"));
+        let observer = Arc::clone(&self.consumer.context().observer);
+        for outcome in outcomes {
+            if let Err(e) = &outcome.result {
+                tracing::warn!(error = %e, "offset commit failed; it is retried at the next interval");
+                observer.commit_failed(&e.to_string());
+                continue;
+            }
+            for (topic, partition, offset, ok) in outcome.offsets {
+                let Some(offset) = offset else { continue };
+                if !ok {
+                    observer.commit_failed(&format!("{topic}/{partition}"));
+                    continue;
+                }
+                self.consumer.context().reachable();
+                if let Some(p) =
+                    self.partitions.iter_mut().find(|p| *p.topic == *topic && p.partition == partition)
+                {
+                    if p.acknowledged.is_none_or(|a| offset > a) {
+                        p.acknowledged = Some(offset);
+                        observer.committed(&topic, partition, offset);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns every live partition at its next offset and gives each its own queue, whose
+    /// becoming non-empty wakes the operator.
+    fn reassign(&mut self, wake: &SyncActivator) -> KafkaResult<()> {
+        let mut list = TopicPartitionList::new();
+        for p in self.partitions.iter().filter(|p| !p.done) {
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))?;
+        }
+        self.consumer.assign(&list)?;
+        for p in self.partitions.iter_mut() {
+            p.queue = None;
+            if p.done {
+                continue;
+            }
+            let mut queue = self.consumer.split_partition_queue(&p.topic, p.partition).ok_or_else(|| {
+                KafkaError::Subscription(format!("no queue for {}/{}", p.topic, p.partition))
+            })?;
+            let wake = wake.clone();
+            queue.set_nonempty_callback(move || {
+                let _ = wake.activate();
+            });
+            p.queue = Some(queue);
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> EventTime {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as EventTime)
+}
+
+/// Reads `input` on every worker. `durable` is the probe of every durable sink: offsets are
+/// committed once it has passed the times of their records.
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, EventTime>,
+    input: Arc<KafkaInput>,
+    time: TimeModel,
+    durable: ProbeHandle<EventTime>,
+) -> Result<(Stream<'scope, EventTime, Vec<Ingested>>, KafkaSourceHandle), KafkaError> {
+    let (worker, peers) = (scope.index(), scope.peers());
+    let options = input.options.clone();
+    let mut config = options.client.clone();
+    config
+        .set("group.id", &options.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "auto.offset.reset",
+            match options.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    if config.get("client.id").is_none() {
+        config.set("client.id", format!("millstream-{worker}"));
+    }
+    // Bounded prefetch: librdkafka buffers this much per partition queue, whatever the lag.
+    if config.get("queued.max.messages.kbytes").is_none() {
+        config.set("queued.max.messages.kbytes", "4096");
+    }
+    if config.get("queued.min.messages").is_none() {
+        config.set("queued.min.messages", "10000");
+    }
+    let context = SourceContext {
+        wake: Mutex::new(None),
+        commits: Mutex::new(Vec::new()),
+        observer: Arc::clone(&input.observer),
+        worker,
+        down: std::sync::atomic::AtomicBool::new(false),
+    };
+    let consumer: Arc<BaseConsumer<SourceContext>> = Arc::new(config.create_with_context(context)?);
+    let shared: Rc<RefCell<Option<Reader>>> = Rc::new(RefCell::new(None));
+    let handle = KafkaSourceHandle(Rc::clone(&shared));
+
+    let stream = source(scope, "KafkaSource", move |capability, info| {
+        let wake = scope.worker().sync_activator_for(info.address.to_vec());
+        *consumer.context().wake.lock().expect("wake lock") = Some(wake.clone());
+        let discovery_wake = wake.clone();
+        let (discovery, stop) =
+            discovery::spawn(Arc::clone(&consumer), options.clone(), worker, peers, move || {
+                let _ = discovery_wake.activate();
+            });
+        *shared.borrow_mut() = Some(Reader {
+            consumer,
+            partitions: Vec::new(),
+            discovered: false,
+            discovery,
+            _stop_discovery: stop,
+        });
+        let activator = scope.activator_for(Rc::clone(&info.address));
+        let mut capability: Option<Capability<EventTime>> = Some(capability);
+        let mut last_commit = Instant::now();
+        let mut last_tick = Instant::now();
+        let mut stamped: Vec<(EventTime, Ingested)> = Vec::new();
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            let mut guard = shared.borrow_mut();
+            let reader = guard.as_mut().expect("the reader is set at construction");
+
+            // Partitions found by the discovery thread.
+            let mut changed = false;
+            while let Ok(report) = reader.discovery.try_recv() {
+                match report {
+                    Discovery::Partitions(found) => {
+                        for f in &found {
+                            let topic = &options.topics[f.topic_index];
+                            reader.partitions.push(Partition::new(f, topic, &time, *cap.time()));
+                        }
+                        reader.discovered = true;
+                        changed |= !found.is_empty();
+                        reader.consumer.context().reachable();
+                    }
+                    Discovery::Failed(why) => {
+                        tracing::warn!(worker_id = worker, why, "kafka discovery failed; retrying");
+                        reader.consumer.context().unreachable(&why);
+                    }
+                }
+            }
+            // Messages that reached the consumer's queue before their partition's own queue
+            // existed come first: they are older than anything in the partition queue.
+            drain_main_queue(reader, &time, *cap.time(), &mut stamped);
+            if changed {
+                if let Err(e) = reader.reassign(&wake) {
+                    tracing::error!(worker_id = worker, error = %e, "cannot assign partitions; retrying");
+                    activator.activate_after(Duration::from_secs(1));
+                }
+                drain_main_queue(reader, &time, *cap.time(), &mut stamped);
+            }
+
+            // Read, within the in-flight budget. Over budget, only the partitions holding the
+            // watermark back are read: records become durable only as the frontier moves, and
+            // only they can move it. Pausing them too would wait forever.
+            let in_flight: usize = reader.partitions.iter().map(|p| p.ledger.in_flight()).sum();
+            let over_budget = in_flight >= options.max_in_flight_records;
+            let laggard =
+                reader.partitions.iter().filter(|p| !p.done).map(|p| time.epoch(p.watermark.time())).min();
+            let budget = if over_budget {
+                READ_BUDGET.min(options.max_in_flight_records.max(64))
+            } else {
+                READ_BUDGET.min(options.max_in_flight_records - in_flight)
+            };
+            let mut more = false;
+            {
+                for p in reader.partitions.iter_mut().filter(|p| !p.done) {
+                    if over_budget && Some(time.epoch(p.watermark.time())) != laggard {
+                        continue;
+                    }
+                    let Some(queue) = p.queue.take() else { continue };
+                    let mut read = 0usize;
+                    let mut batch_max: Option<EventTime> = None;
+                    let mut records = 0usize;
+                    while read < budget {
+                        match queue.poll(Duration::ZERO) {
+                            None => break,
+                            Some(Ok(message)) => {
+                                read += 1;
+                                if let Some((t, item)) = ingest(&message, p, &time, *cap.time()) {
+                                    batch_max = Some(batch_max.map_or(t, |m: EventTime| m.max(t)));
+                                    records += 1;
+                                    stamped.push((t, item));
+                                }
+                            }
+                            Some(Err(KafkaError::PartitionEOF(_))) => {
+                                p.at_end = true;
+                                if p.end.is_some() {
+                                    p.done = true;
+                                }
+                                break;
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(worker_id = worker, topic = &*p.topic, partition = p.partition, %error, "kafka fetch error");
+                                break;
+                            }
+                        }
+                    }
+                    p.queue = Some(queue);
+                    if records > 0 {
+                        p.ledger.push(batch_max.expect("records were read"), p.next_offset, records);
+                        input.observer.consumed(&p.topic, p.partition, records as u64);
+                    }
+                    if p.end.is_some_and(|end| p.next_offset >= end) {
+                        p.done = true;
+                    }
+                    more |= read == budget;
+                }
+                if more && !over_budget {
+                    activator.activate();
+                } else if over_budget {
+                    // Paused until the sinks catch up; the probe does not wake us, so look again soon.
+                    activator.activate_after(Duration::from_millis(5));
+                }
+            }
+            if !stamped.is_empty() {
+                reader.consumer.context().reachable();
+            }
+            let mut run_time = None;
+            let mut run: Vec<Ingested> = Vec::new();
+            for (t, item) in stamped.drain(..) {
+                if run_time != Some(t) {
+                    if let Some(previous) = run_time {
+                        output.session(&cap.delayed(&previous)).give_iterator(run.drain(..));
+                    }
+                    run_time = Some(t);
+                }
+                run.push(item);
+            }
+            if let Some(t) = run_time {
+                output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
+            }
+
+            // Idle partitions stop holding time back: their watermark follows the wall clock.
+            let now = Instant::now();
+            for p in reader.partitions.iter_mut().filter(|p| !p.done && p.at_end) {
+                if now.duration_since(p.last_record) >= options.idle_timeout {
+                    let wall = now_ms();
+                    if p.watermark.max_seen().is_none_or(|m| m < wall) {
+                        p.watermark = Watermark::resume(Some(wall), time.allowed_lateness_ms);
+                    }
+                }
+            }
+
+            // Commit what every durable sink has.
+            reader.take_commit_outcomes();
+            if last_commit.elapsed() >= options.commit_interval {
+                last_commit = Instant::now();
+                durable.with_frontier(|frontier| {
+                    for p in &mut reader.partitions {
+                        p.ledger.advance(frontier);
+                    }
+                });
+                let list = reader.commit_list();
+                if list.count() > 0 {
+                    if let Err(e) = reader.consumer.commit(&list, CommitMode::Async) {
+                        tracing::warn!(worker_id = worker, error = %e, "offset commit not sent; retrying");
+                        input.observer.commit_failed(&e.to_string());
+                    }
+                }
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                report_lag(reader, &*input.observer);
+            }
+
+            // Where this worker's time stands.
+            let live: Vec<&Partition> = reader.partitions.iter().filter(|p| !p.done).collect();
+            if reader.discovered && live.is_empty() && options.stop_at_end {
+                tracing::info!(worker_id = worker, "every partition reached its end offset");
+                capability = None;
+                return;
+            }
+            let hold = if !reader.discovered {
+                *cap.time()
+            } else if live.is_empty() {
+                // Owning nothing, this worker must not hold the others back.
+                time.epoch(now_ms().saturating_sub(time.allowed_lateness_ms))
+            } else {
+                live.iter().map(|p| time.epoch(p.watermark.time())).min().expect("non-empty")
+            };
+            if hold > *cap.time() {
+                cap.downgrade(&hold);
+                input.observer.watermark(worker, hold);
+            }
+            activator.activate_after(TICK.min(options.commit_interval));
+        }
+    });
+    Ok((stream, handle))
+}
+
+/// Handles messages found on the consumer's own queue (before partition queues were split).
+fn drain_main_queue(
+    reader: &mut Reader,
+    time: &TimeModel,
+    floor: EventTime,
+    stamped: &mut Vec<(EventTime, Ingested)>,
+) {
+    let consumer = Arc::clone(&reader.consumer);
+    while let Some(result) = consumer.poll(Duration::ZERO) {
+        let Ok(message) = result else { continue };
+        let Some(p) = reader
+            .partitions
+            .iter_mut()
+            .find(|p| *p.topic == *message.topic() && p.partition == message.partition())
+        else {
+            continue;
+        };
+        if let Some((t, item)) = ingest(&message, p, time, floor) {
+            p.ledger.push(t, p.next_offset, 1);
+            stamped.push((t, item));
+        }
+    }
+}
+
+/// Decodes one message and stamps it: an on-time reading at its event time, a late reading
+/// or a dead letter at the partition's watermark. Returns `None` for a message already read.
+fn ingest(
+    message: &BorrowedMessage<'_>,
+    p: &mut Partition,
+    time: &TimeModel,
+    floor: EventTime,
+) -> Option<(EventTime, Ingested)> {
+    let offset = message.offset();
+    if offset < p.next_offset {
+        return None;
+    }
+    p.next_offset = offset + 1;
+    p.at_end = false;
+    p.last_record = Instant::now();
+    let payload = message.payload().unwrap_or(&[]);
+    let (stamp, item) = match decode_json(payload) {
+        Ok(reading) => {
+            let late = p.watermark.observe(reading.ts);
+            let stamp = if late { p.watermark.time() } else { reading.ts };
+            let origin = p.origin(offset);
+            (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
+        }
+        Err(rejection) => (
+            p.watermark.time(),
+            Ingested::Rejected(DeadLetter {
+                reason: rejection.reason,
+                detail: rejection.detail,
+                raw: String::from_utf8_lossy(payload).into_owned(),
+                source: SourceLocation::Kafka { topic: p.topic.to_string(), partition: p.partition, offset },
+            }),
+        ),
+    };
+    Some((time.epoch(stamp).max(floor), item))
+}
+
+fn report_lag(reader: &Reader, observer: &dyn KafkaSourceObserver) {
+    for p in reader.partitions.iter().filter(|p| !p.done) {
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: a plain read of librdkafka's cached offsets for a partition of this consumer;
+        // the topic is a valid C string that outlives the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                reader.consumer.client().native_ptr(),
+                p.c_topic.as_ptr(),
+                p.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        let lag = (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then(|| (high - p.next_offset).max(0));
+        observer.lag(&p.topic, p.partition, lag);
+    }
+}

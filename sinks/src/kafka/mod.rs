@@ -1,0 +1,8 @@
+//! The Kafka sink: anomalies to the notification topic, dead letters to the dead-letter topic,
+//! through an idempotent producer whose acknowledgements gate the dataflow's frontier.
+
+pub mod encode;
+pub mod producer;
+
+pub use encode::{encode, Outgoing, TopicRole};
+pub use producer::{ensure_topics, Delivery, KafkaSinkTopics, KafkaWriter, SendError};
