@@ -419,3 +419,40 @@ fn idle_partitions_do_not_stall_and_new_partitions_are_picked_up() {
     run.kill().unwrap();
     run.wait().unwrap();
 }
+
+/// A SASL password given in the environment shows in neither `config check` nor the logs of
+/// a run that tries (and fails) to authenticate with it.
+#[test]
+fn the_sasl_password_never_reaches_output_or_logs() {
+    const SECRET: &str = "kafka-secret-7d1e9b";
+    let kafka = TestKafka::start().expect("a tansu broker starts");
+    kafka.create_topic("readings", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"plant\"\n").unwrap();
+    let check = millstream()
+        .args(["config", "check", config.to_str().unwrap()])
+        .env("MILLSTREAM_KAFKA__SASL__PASSWORD", SECRET)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(printed.contains("[kafka.sasl]") && printed.contains("password = \"***\""), "{printed}");
+    assert!(!printed.contains(SECRET));
+
+    let mut run = millstream()
+        .args(["run", "--config", config.to_str().unwrap(), "--source", &format!("{}/readings", kafka.url())])
+        .args(["--sink", "null", "--stop-at-end"])
+        .env("MILLSTREAM_KAFKA__SASL__PASSWORD", SECRET)
+        .env("MILLSTREAM_LOG__LEVEL", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = run.kill();
+    let out = run.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("effective configuration"), "{logs}");
+    assert!(!logs.contains(SECRET) && !String::from_utf8_lossy(&out.stdout).contains(SECRET), "{logs}");
+}
