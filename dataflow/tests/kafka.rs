@@ -39,6 +39,20 @@ fn anomalies_by_id(values: impl IntoIterator<Item = Value>) -> BTreeMap<String, 
     values.into_iter().map(|v| (v["event_id"].as_str().unwrap().to_owned(), v)).collect()
 }
 
+/// Runs `--source file:` on `input`: the output directory and the anomalies, by event id.
+fn file_source_run(input: &Path, dir: &Path) -> (std::path::PathBuf, BTreeMap<String, Value>) {
+    let out = dir.join("file-out");
+    run_ok(&[
+        "run",
+        "--source",
+        &format!("file:{}", input.display()),
+        "--sink",
+        &format!("jsonl:{}", out.display()),
+    ]);
+    let anomalies = anomalies_by_id(read_json(&out.join("anomalies.jsonl")));
+    (out, anomalies)
+}
+
 fn notifications(kafka: &TestKafka) -> Vec<ConsumedRecord> {
     kafka.consume_all(NOTIFICATIONS).expect("the notification topic can be read")
 }
@@ -109,15 +123,7 @@ fn every_record_is_accounted_for_and_anomalies_match_the_file_source() {
     assert_eq!(reasons(&jsonl_dead).get("duplicate").copied(), Some(input.duplicates));
 
     // The notification topic holds exactly the anomalies the file source finds in the same data.
-    let file_out = dir.path().join("file-out");
-    run_ok(&[
-        "run",
-        "--source",
-        &format!("file:{}", input.path.display()),
-        "--sink",
-        &format!("jsonl:{}", file_out.display()),
-    ]);
-    let expected = anomalies_by_id(read_json(&file_out.join("anomalies.jsonl")));
+    let (file_out, expected) = file_source_run(&input.path, dir.path());
     assert!(expected.len() >= 5, "the input has anomalies ({})", expected.len());
     let notified = notifications(&kafka);
     for n in &notified {
@@ -205,15 +211,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
 
     // Every anomaly of an uninterrupted run whose reading was committed before the kill was
     // delivered, exactly as the uninterrupted run gives it (at least once).
-    let file_out = dir.path().join("file-out");
-    run_ok(&[
-        "run",
-        "--source",
-        &format!("file:{}", input.path.display()),
-        "--sink",
-        &format!("jsonl:{}", file_out.display()),
-    ]);
-    let expected = anomalies_by_id(read_json(&file_out.join("anomalies.jsonl")));
+    let (file_out, expected) = file_source_run(&input.path, dir.path());
     let offsets: BTreeMap<(String, u64, u64), (i32, i64)> = kafka
         .consume_all("readings")
         .unwrap()
@@ -260,6 +258,25 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
             }
         }
     }
+    // Every refused record has a dead letter (at least once), for the same reasons as a file run.
+    // (Blank lines are not produced: `produce` skips them.)
+    let mut by_source: BTreeMap<(String, String), String> = BTreeMap::new();
+    for d in kafka.consume_all(DEAD_LETTERS).unwrap() {
+        let place = (
+            header(&d, "source_partition").unwrap().to_owned(),
+            header(&d, "source_offset").unwrap().to_owned(),
+        );
+        by_source.insert(place, header(&d, "reason").unwrap().to_owned());
+    }
+    let mut topic_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for reason in by_source.values() {
+        *topic_reasons.entry(reason.clone()).or_default() += 1;
+    }
+    let mut file_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for d in read_json(&file_out.join("dead_letters.jsonl")).iter().filter(|d| d["raw"] != "") {
+        *file_reasons.entry(d["reason"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(topic_reasons, file_reasons);
     // And most anomalies are found again after the restart.
     let found = expected.keys().filter(|id| delivered.contains_key(*id)).count();
     assert!(found * 10 >= expected.len() * 9, "{found} of {} anomalies delivered", expected.len());
