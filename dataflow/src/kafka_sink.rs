@@ -76,6 +76,7 @@ pub fn write_kafka<'scope>(
             health.set(&component, ComponentHealth::Ready);
             let delivered = stats.sink_records.with_label_values(&["kafka"]);
             let latency = stats.sink_batch_seconds.with_label_values(&["kafka"]);
+            let freshness = stats.event_to_durable_seconds.with_label_values(&["kafka"]);
 
             // Capabilities held, by time, with how many records at that time are not yet acknowledged.
             let mut owed: BTreeMap<EventTime, (Capability<EventTime>, usize)> = BTreeMap::new();
@@ -113,6 +114,10 @@ pub fn write_kafka<'scope>(
                             latency.observe(sent.elapsed().as_secs_f64());
                             delivered.inc();
                             let time = record.time;
+                            let now_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64);
+                            freshness.observe(now_ms.saturating_sub(time) as f64 / 1000.0);
                             records.remove(&delivery.id);
                             if let Some(entry) = owed.get_mut(&time) {
                                 entry.1 -= 1;
