@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod bench_kafka;
 pub mod bench_pg;
 pub mod config;
 pub mod demo;

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Measure the PostgreSQL sink against a raw binary COPY of the same rows.
     BenchPostgres(millstream::bench_pg::BenchPostgresArgs),
+    /// Measure the Kafka source against a raw rdkafka consumer of the same topic, and
+    /// end-to-end notification latency at a fixed rate.
+    BenchKafka(millstream::bench_kafka::BenchKafkaArgs),
     /// Plot readings of a sensor or an asset, with anomaly episodes shaded, and print a summary table.
     Report(millstream::report::ReportArgs),
     /// Score the pipeline on SKAB (labelled water-pump data) the SKAB way: F1, FAR, MAR.
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => millstream::bench::bench(args),
         Command::Migrate { database_url } => migrate(&database_url),
         Command::BenchPostgres(args) => millstream::bench_pg::bench_postgres(args),
+        Command::BenchKafka(args) => millstream::bench_kafka::bench_kafka(args),
         Command::Report(args) => millstream::report::report(args),
         Command::Eval(args) => millstream::eval::eval(args),
         Command::Produce(args) => millstream::produce::produce(args),

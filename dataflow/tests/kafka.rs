@@ -123,7 +123,7 @@ fn every_record_is_accounted_for_and_anomalies_match_the_file_source() {
     assert_eq!(reasons(&jsonl_dead).get("duplicate").copied(), Some(input.duplicates));
 
     // The notification topic holds exactly the anomalies the file source finds in the same data.
-    let (file_out, expected) = file_source_run(&input.path, dir.path());
+    let (_, expected) = file_source_run(&input.path, dir.path());
     assert!(expected.len() >= 5, "the input has anomalies ({})", expected.len());
     let notified = notifications(&kafka);
     for n in &notified {
