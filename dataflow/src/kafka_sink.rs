@@ -62,6 +62,9 @@ pub fn write_kafka<'scope>(
                 move |up, why| {
                     if up {
                         tracing::info!(worker_id = worker, "kafka sink: brokers reachable");
+                        // Failed deliveries, if any, open the circuit again until one succeeds.
+                        gauge_cb.set(0);
+                        health_cb.set(&component_cb, ComponentHealth::Ready);
                     } else {
                         tracing::warn!(worker_id = worker, why, "kafka sink: brokers unreachable");
                         gauge_cb.set(1);
@@ -139,14 +142,14 @@ pub fn write_kafka<'scope>(
                         Err(error) => {
                             failures += 1;
                             let delay = backoff(failures, delivery.id);
-                            if !open {
-                                open = true;
-                                circuit_gauge.set(1);
-                                health.set(
-                                    &component,
-                                    ComponentHealth::NotReady(format!("deliveries failing: {error}")),
-                                );
-                            }
+                            // On every failure: the brokers coming back marks the sink ready
+                            // again, but failing deliveries keep it open until one succeeds.
+                            open = true;
+                            circuit_gauge.set(1);
+                            health.set(
+                                &component,
+                                ComponentHealth::NotReady(format!("deliveries failing: {error}")),
+                            );
                             tracing::warn!(
                                 worker_id = worker,
                                 %error,

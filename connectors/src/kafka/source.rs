@@ -150,6 +150,14 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka says when every broker is down, but not when one is back: its statistics
+    /// (every second) tell, even while no record flows.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.reachable();
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(worker_id = self.worker, %error, reason, "kafka client error");
         if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
@@ -345,6 +353,9 @@ pub fn kafka_source<'scope>(
     }
     if config.get("queued.min.messages").is_none() {
         config.set("queued.min.messages", "10000");
+    }
+    if config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", "1000");
     }
     // A fetch waits at most this long for data: librdkafka's 500 ms default adds up to half a
     // second to the latency of a quiet partition (measured with `millstream bench-kafka`).

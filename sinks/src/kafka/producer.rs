@@ -58,7 +58,23 @@ pub struct DeliveryContext {
     on_connection: OnConnection,
 }
 
+impl DeliveryContext {
+    fn reachable(&self) {
+        if self.brokers_down.swap(false, Ordering::Relaxed) {
+            (self.on_connection)(true, "");
+        }
+    }
+}
+
 impl ClientContext for DeliveryContext {
+    /// librdkafka says when every broker is down, but not when one is back: its statistics
+    /// (every second) tell, even while nothing is produced.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.reachable();
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka producer error");
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
@@ -76,9 +92,7 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
         let result = match result {
             Ok(_) => {
-                if self.brokers_down.swap(false, Ordering::Relaxed) {
-                    (self.on_connection)(true, "");
-                }
+                self.reachable();
                 Ok(())
             }
             Err((error, _)) => Err(error.clone()),
@@ -105,7 +119,9 @@ impl KafkaWriter {
     ) -> Result<Self, KafkaError> {
         let mut config = client.clone();
         config.set("enable.idempotence", "true").set("acks", "all");
-        for (key, default) in [("linger.ms", "5"), ("message.timeout.ms", "30000")] {
+        for (key, default) in
+            [("linger.ms", "5"), ("message.timeout.ms", "30000"), ("statistics.interval.ms", "1000")]
+        {
             if config.get(key).is_none() {
                 config.set(key, default);
             }
@@ -169,8 +185,27 @@ pub fn ensure_topics(client: &ClientConfig, names: &[&str], partitions: i32) -> 
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> =
         client.create().map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
+    // Only the missing ones: some brokers (and librdkafka's mock cluster) do not implement
+    // CreateTopics at all, and topics made beforehand need no permission to create.
+    let mut missing = Vec::new();
+    for name in names {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(30))
+            .map_err(|e| format!("cannot read metadata of topic {name}: {e}"))?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            missing.push(*name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
     let topics: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
+        missing.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
