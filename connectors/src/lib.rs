@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod model_store;
 pub mod plant_source;
 pub mod simulate;
 

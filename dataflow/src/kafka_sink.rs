@@ -85,10 +85,10 @@ pub fn write_kafka<'scope>(
             let mut owed: BTreeMap<EventTime, (Capability<EventTime>, usize)> = BTreeMap::new();
             // Records waiting to be sent (new, or retried after a failure), oldest first.
             let mut queue: VecDeque<(usize, Option<Instant>)> = VecDeque::new();
-            // Records sent or waiting, by id, until acknowledged.
-            let mut records: BTreeMap<usize, (Outgoing, Instant)> = BTreeMap::new();
+            // Records sent or waiting, by id, until acknowledged: with when they were last sent
+            // and how many deliveries of them failed (each record backs off on its own).
+            let mut records: BTreeMap<usize, (Outgoing, Instant, u32)> = BTreeMap::new();
             let mut next_id = 0usize;
-            let mut failures = 0u32;
             let mut open = false;
             move |(input, _frontier), _output| {
                 input.for_each(|cap, data| {
@@ -96,7 +96,7 @@ pub fn write_kafka<'scope>(
                     let mut added = 0;
                     for event in data.drain(..) {
                         if let Some(record) = encode(&event, time) {
-                            records.insert(next_id, (record, Instant::now()));
+                            records.insert(next_id, (record, Instant::now(), 0));
                             queue.push_back((next_id, None));
                             next_id += 1;
                             added += 1;
@@ -111,7 +111,7 @@ pub fn write_kafka<'scope>(
                 });
 
                 for delivery in writer.take_deliveries() {
-                    let Some((record, sent)) = records.get(&delivery.id) else { continue };
+                    let Some((record, sent, attempts)) = records.get_mut(&delivery.id) else { continue };
                     match delivery.result {
                         Ok(()) => {
                             latency.observe(sent.elapsed().as_secs_f64());
@@ -130,7 +130,6 @@ pub fn write_kafka<'scope>(
                             }
                             if open {
                                 open = false;
-                                failures = 0;
                                 circuit_gauge.set(0);
                                 health.set(&component, ComponentHealth::Ready);
                                 tracing::info!(
@@ -140,8 +139,8 @@ pub fn write_kafka<'scope>(
                             }
                         }
                         Err(error) => {
-                            failures += 1;
-                            let delay = backoff(failures, delivery.id);
+                            *attempts += 1;
+                            let delay = backoff(*attempts, delivery.id);
                             // On every failure: the brokers coming back marks the sink ready
                             // again, but failing deliveries keep it open until one succeeds.
                             open = true;
@@ -171,7 +170,7 @@ pub fn write_kafka<'scope>(
                             break;
                         }
                     }
-                    let (record, sent) = records.get_mut(&id).expect("a queued record is kept");
+                    let (record, sent, _) = records.get_mut(&id).expect("a queued record is kept");
                     match writer.send(id, record) {
                         Ok(()) => {
                             *sent = Instant::now();

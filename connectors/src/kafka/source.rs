@@ -14,7 +14,7 @@ use millstream_events::{
     Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, SourceLocation, TimeModel, Watermark,
 };
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -23,6 +23,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 
+use super::committer::Committer;
 use super::discovery::{self, Discovery, Found};
 use super::offsets::OffsetLedger;
 use super::options::{KafkaSourceOptions, StartFrom};
@@ -99,32 +100,18 @@ impl KafkaSourceHandle {
         for p in &mut reader.partitions {
             p.ledger.advance(empty.borrow());
         }
-        let list = reader.commit_list();
-        if list.count() == 0 {
-            return Ok(());
-        }
-        reader.consumer.commit(&list, CommitMode::Sync).map_err(|e| format!("final commit failed: {e}"))?;
-        let deadline = Instant::now() + timeout;
-        // Serve the commit callback so the observer sees the acknowledgement.
-        while reader.consumer.poll(Duration::ZERO).is_some() && Instant::now() < deadline {}
-        reader.take_commit_outcomes();
-        Ok(())
+        reader.hand_durable_offsets();
+        reader.committer.flush(timeout).map_err(|e| format!("final commit failed: {e}"))
     }
 }
 
 /// Per-consumer callbacks: wake the operator, record commit outcomes, report broker health.
 struct SourceContext {
     wake: Mutex<Option<SyncActivator>>,
-    commits: Mutex<Vec<CommitOutcome>>,
     observer: Arc<dyn KafkaSourceObserver>,
     worker: usize,
     /// The brokers were reported unreachable and nothing has worked since.
     down: std::sync::atomic::AtomicBool,
-}
-
-struct CommitOutcome {
-    result: KafkaResult<()>,
-    offsets: Vec<(String, i32, Option<i64>, bool)>,
 }
 
 impl SourceContext {
@@ -159,6 +146,9 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return;
+        }
         tracing::warn!(worker_id = self.worker, %error, reason, "kafka client error");
         if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
             self.unreachable(reason);
@@ -167,23 +157,8 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let offsets = offsets
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (e.topic().to_owned(), e.partition(), offset, e.error().is_ok())
-            })
-            .collect();
-        self.commits.lock().expect("commit lock").push(CommitOutcome { result, offsets });
-        self.wake();
-    }
-}
+/// Commits are made synchronously by the committer thread, so there is no callback to serve.
+impl ConsumerContext for SourceContext {}
 
 /// One owned partition.
 struct Partition {
@@ -202,8 +177,8 @@ struct Partition {
     at_end: bool,
     last_record: Instant,
     ledger: OffsetLedger,
-    /// Last offset the broker acknowledged as committed.
-    acknowledged: Option<i64>,
+    /// Started from the group's committed offset.
+    resumed: bool,
 }
 
 impl Partition {
@@ -228,7 +203,7 @@ impl Partition {
             at_end: false,
             last_record: Instant::now(),
             ledger: OffsetLedger::default(),
-            acknowledged: found.resumed.then_some(found.start),
+            resumed: found.resumed,
         }
     }
 
@@ -247,46 +222,15 @@ struct Reader {
     discovered: bool,
     discovery: Receiver<Discovery>,
     _stop_discovery: Sender<()>,
+    committer: Committer,
 }
 
 impl Reader {
-    fn commit_list(&self) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
+    /// Hands every partition's durable offset to the committer.
+    fn hand_durable_offsets(&self) {
         for p in &self.partitions {
             if let Some(durable) = p.ledger.durable() {
-                if p.acknowledged.is_none_or(|a| durable > a) {
-                    list.add_partition_offset(&p.topic, p.partition, Offset::Offset(durable))
-                        .expect("a valid offset");
-                }
-            }
-        }
-        list
-    }
-
-    fn take_commit_outcomes(&mut self) {
-        let outcomes = std::mem::take(&mut *self.consumer.context().commits.lock().expect("commit lock"));
-        let observer = Arc::clone(&self.consumer.context().observer);
-        for outcome in outcomes {
-            if let Err(e) = &outcome.result {
-                tracing::warn!(error = %e, "offset commit failed; it is retried at the next interval");
-                observer.commit_failed(&e.to_string());
-                continue;
-            }
-            for (topic, partition, offset, ok) in outcome.offsets {
-                let Some(offset) = offset else { continue };
-                if !ok {
-                    observer.commit_failed(&format!("{topic}/{partition}"));
-                    continue;
-                }
-                self.consumer.context().reachable();
-                if let Some(p) =
-                    self.partitions.iter_mut().find(|p| *p.topic == *topic && p.partition == partition)
-                {
-                    if p.acknowledged.is_none_or(|a| offset > a) {
-                        p.acknowledged = Some(offset);
-                        observer.committed(&topic, partition, offset);
-                    }
-                }
+                self.committer.want(&p.topic, p.partition, durable);
             }
         }
     }
@@ -364,7 +308,6 @@ pub fn kafka_source<'scope>(
     }
     let context = SourceContext {
         wake: Mutex::new(None),
-        commits: Mutex::new(Vec::new()),
         observer: Arc::clone(&input.observer),
         worker,
         down: std::sync::atomic::AtomicBool::new(false),
@@ -381,7 +324,15 @@ pub fn kafka_source<'scope>(
             discovery::spawn(Arc::clone(&consumer), options.clone(), worker, peers, move || {
                 let _ = discovery_wake.activate();
             });
+        let committer = {
+            let consumer_for_commits = Arc::clone(&consumer);
+            let reachable = Arc::clone(&consumer);
+            Committer::spawn(consumer_for_commits, Arc::clone(&input.observer), worker, move || {
+                reachable.context().reachable()
+            })
+        };
         *shared.borrow_mut() = Some(Reader {
+            committer,
             consumer,
             partitions: Vec::new(),
             discovered: false,
@@ -405,7 +356,11 @@ pub fn kafka_source<'scope>(
                     Discovery::Partitions(found) => {
                         for f in &found {
                             let topic = &options.topics[f.topic_index];
-                            reader.partitions.push(Partition::new(f, topic, &time, *cap.time()));
+                            let partition = Partition::new(f, topic, &time, *cap.time());
+                            if partition.resumed {
+                                reader.committer.already_committed(&partition.topic, f.partition, f.start);
+                            }
+                            reader.partitions.push(partition);
                         }
                         reader.discovered = true;
                         changed |= !found.is_empty();
@@ -521,7 +476,6 @@ pub fn kafka_source<'scope>(
             }
 
             // Commit what every durable sink has.
-            reader.take_commit_outcomes();
             if last_commit.elapsed() >= options.commit_interval {
                 last_commit = Instant::now();
                 durable.with_frontier(|frontier| {
@@ -529,13 +483,7 @@ pub fn kafka_source<'scope>(
                         p.ledger.advance(frontier);
                     }
                 });
-                let list = reader.commit_list();
-                if list.count() > 0 {
-                    if let Err(e) = reader.consumer.commit(&list, CommitMode::Async) {
-                        tracing::warn!(worker_id = worker, error = %e, "offset commit not sent; retrying");
-                        input.observer.commit_failed(&e.to_string());
-                    }
-                }
+                reader.hand_durable_offsets();
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
