@@ -4,4 +4,6 @@
 
 pub mod detector;
 pub mod evaluate;
+pub mod kmeans;
+pub mod model;
 pub mod sensor;

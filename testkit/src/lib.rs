@@ -16,10 +16,15 @@
 //!
 //! [`TestKafka`] gives a Kafka-protocol broker (tansu) in a temporary directory on a free
 //! loopback port, with helpers to create topics, produce, and read topics back (see [`kafka`]).
+//!
+//! [`TestS3`] gives an S3-compatible server (s3s-fs) in a temporary directory on a free loopback
+//! port, with a fresh access key and secret, and a helper to create buckets (see [`s3`]).
 
 pub mod kafka;
+pub mod s3;
 
 pub use kafka::{ConsumedRecord, TestKafka, TestRecord};
+pub use s3::TestS3;
 
 use std::ffi::{OsStr, OsString};
 use std::net::TcpListener;

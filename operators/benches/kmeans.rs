@@ -1,0 +1,71 @@
+//! `kmeans::score` over 100 000 rows of an 8-feature model with k = 4 (four operating modes,
+//! noise, occasional faults), and `kmeans::train` on 2 000 rows.
+//!
+//! `cargo bench -p millstream-operators --bench kmeans -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use millstream_operators::kmeans::{self, KMeansConfig};
+
+const ROWS: usize = 100_000;
+const FEATURES: usize = 8;
+
+fn rows(n: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut state = seed.max(1);
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut gaussian = move || {
+        let (u1, u2) = (uniform(), uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    };
+    (0..n)
+        .map(|i| {
+            let mode = (i / 250) % 4;
+            let fault = if i % 997 == 0 { 8.0 } else { 0.0 };
+            (0..FEATURES)
+                .map(|f| 10.0 * f as f64 + 3.0 * (mode * (f % 3)) as f64 + gaussian() + fault)
+                .collect()
+        })
+        .collect()
+}
+
+fn names() -> Vec<String> {
+    (0..FEATURES).map(|i| format!("sensor{i}")).collect()
+}
+
+fn bench_score(c: &mut Criterion) {
+    let config = KMeansConfig { k: 4, ..KMeansConfig::default() };
+    let model = kmeans::train(&rows(2_000, 7), &names(), &config).expect("trains");
+    assert_eq!(model.metrics.k, 4);
+    let data = rows(ROWS, 11);
+    let mut group = c.benchmark_group("kmeans");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("score_8_features_k4", |b| {
+        b.iter(|| {
+            let mut anomalies = 0u32;
+            for row in &data {
+                let scored = kmeans::score(&model, black_box(row)).expect("scores");
+                anomalies += (scored.score >= model.calibration.threshold) as u32;
+            }
+            black_box(anomalies)
+        })
+    });
+    group.finish();
+
+    let training = rows(2_000, 5);
+    let mut group = c.benchmark_group("kmeans_train");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(training.len() as u64));
+    group.bench_function("train_2000_rows_8_features_k4", |b| {
+        b.iter(|| black_box(kmeans::train(black_box(&training), &names(), &config).expect("trains")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_score);
+criterion_main!(benches);
