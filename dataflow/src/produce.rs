@@ -286,17 +286,17 @@ impl Pacer {
     }
 }
 
-/// Counts deliveries and keeps the first failure.
+/// Counts deliveries and keeps the first failure (also the benchmark's producer context).
 #[derive(Default)]
-struct Deliveries {
-    delivered: AtomicU64,
+pub(crate) struct Deliveries {
+    pub(crate) delivered: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
 }
 
 impl Deliveries {
     /// Fails once any record has failed: with an idempotent producer that is fatal.
-    fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         let failed = self.failed.load(Ordering::Relaxed);
         if failed == 0 {
             return Ok(());
