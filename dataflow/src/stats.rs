@@ -47,6 +47,9 @@ pub struct RunStats {
     pub kafka_committed_offset: IntGaugeVec,
     /// Offset commits that failed (they are retried).
     pub kafka_commit_failures: IntCounter,
+    /// Ingest → durable: from the Kafka source reading a batch of a partition to every sink
+    /// having its results (one observation per batch, not per record: a hot path).
+    pub ingest_to_durable_seconds: prometheus::Histogram,
     /// 1 while the Kafka source cannot reach its brokers.
     pub kafka_source_disconnected: IntGauge,
     /// Worker threads in this process, and processes in the cluster.
@@ -207,6 +210,16 @@ impl RunStats {
                     &["topic", "partition"],
                 ),
             ),
+            ingest_to_durable_seconds: register(
+                r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "millstream_ingest_to_durable_seconds",
+                        "From the Kafka source reading a batch to every sink having its results.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.01, 2.0, 12).expect("valid buckets")),
+                ),
+            ),
             kafka_commit_failures: register(
                 r,
                 IntCounter::new(
@@ -322,6 +335,10 @@ impl millstream_connectors::kafka::KafkaSourceObserver for KafkaSourceStats {
         self.stats.kafka_committed_offset.with_label_values(&[topic, &partition.to_string()]).set(offset);
     }
 
+    fn durable(&self, latency: std::time::Duration, _records: usize) {
+        self.stats.ingest_to_durable_seconds.observe(latency.as_secs_f64());
+    }
+
     fn commit_failed(&self, error: &str) {
         tracing::warn!(error, "kafka offset commit failed; retrying at the next interval");
         self.stats.kafka_commit_failures.inc();
@@ -345,6 +362,34 @@ impl millstream_connectors::kafka::KafkaSourceObserver for KafkaSourceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_source_reports_become_metrics_and_health() {
+        use millstream_connectors::kafka::KafkaSourceObserver;
+        let stats = Arc::new(RunStats::new());
+        let health = Arc::new(crate::health::Health::default());
+        let observer = KafkaSourceStats { stats: Arc::clone(&stats), health: Arc::clone(&health) };
+        observer.lag("readings", 2, Some(40));
+        observer.lag("readings", 3, None);
+        observer.committed("readings", 2, 1200);
+        observer.commit_failed("coordinator load in progress");
+        observer.durable(std::time::Duration::from_millis(300), 500);
+        observer.connection(false, "1/1 brokers are down");
+        let text = stats.render();
+        assert!(
+            text.contains("millstream_kafka_consumer_lag{partition=\"2\",topic=\"readings\"} 40"),
+            "{text}"
+        );
+        assert!(!text.contains("partition=\"3\""), "unknown lag is absent, not 0: {text}");
+        assert!(text.contains("millstream_kafka_committed_offset{partition=\"2\",topic=\"readings\"} 1200"));
+        assert!(text.contains("millstream_kafka_commit_failures_total 1"));
+        assert!(text.contains("millstream_ingest_to_durable_seconds_count 1"));
+        assert!(text.contains("millstream_kafka_source_disconnected 1"));
+        assert!(health.readiness().is_err());
+        observer.connection(true, "");
+        assert!(health.readiness().is_ok());
+        assert!(stats.render().contains("millstream_kafka_source_disconnected 0"));
+    }
 
     #[test]
     fn metrics_render_with_their_labels() {

@@ -28,6 +28,8 @@ struct Batch {
     max_time: EventTime,
     next_offset: i64,
     records: usize,
+    /// When the batch was read: its records' ingest → durable latency ends when it is popped.
+    read_at: std::time::Instant,
 }
 
 impl OffsetLedger {
@@ -43,17 +45,30 @@ impl OffsetLedger {
                 return;
             }
         }
-        self.batches.push_back(Batch { max_time, next_offset, records });
+        self.batches.push_back(Batch { max_time, next_offset, records, read_at: std::time::Instant::now() });
         self.records += records;
     }
 
     /// Drops the durable prefix (batches whose largest time `durable` has passed) and
     /// returns the new commit point when it moved.
     pub fn advance(&mut self, durable: AntichainRef<'_, EventTime>) -> Option<i64> {
+        self.advance_observing(durable, |_, _| {})
+    }
+
+    /// As [`Self::advance`], telling `durable_after` how long each durable batch took from
+    /// being read to being durable, and how many records it held.
+    pub fn advance_observing(
+        &mut self,
+        durable: AntichainRef<'_, EventTime>,
+        mut durable_after: impl FnMut(std::time::Duration, usize),
+    ) -> Option<i64> {
         let mut moved = None;
         while let Some(front) = self.batches.front() {
             if durable.less_equal(&front.max_time) {
                 break;
+            }
+            if front.records > 0 {
+                durable_after(front.read_at.elapsed(), front.records);
             }
             self.records -= front.records;
             moved = Some(front.next_offset);

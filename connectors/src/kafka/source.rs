@@ -53,6 +53,8 @@ pub trait KafkaSourceObserver: Send + Sync {
     fn connection(&self, _up: bool, _detail: &str) {}
     /// This worker's source watermark (the time it holds its capability at).
     fn watermark(&self, _worker: usize, _time: EventTime) {}
+    /// `records` read `latency` ago are now durable in every sink (ingest → durable).
+    fn durable(&self, _latency: Duration, _records: usize) {}
 }
 
 /// A no-op observer.
@@ -480,7 +482,9 @@ pub fn kafka_source<'scope>(
                 last_commit = Instant::now();
                 durable.with_frontier(|frontier| {
                     for p in &mut reader.partitions {
-                        p.ledger.advance(frontier);
+                        p.ledger.advance_observing(frontier, |latency, records| {
+                            input.observer.durable(latency, records)
+                        });
                     }
                 });
                 reader.hand_durable_offsets();
