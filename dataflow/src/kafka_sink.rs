@@ -117,10 +117,7 @@ pub fn write_kafka<'scope>(
                             latency.observe(sent.elapsed().as_secs_f64());
                             delivered.inc();
                             let time = record.time;
-                            let now_ms = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64);
-                            freshness.observe(now_ms.saturating_sub(time) as f64 / 1000.0);
+                            freshness.observe(millstream_events::time::seconds_since(time));
                             records.remove(&delivery.id);
                             if let Some(entry) = owed.get_mut(&time) {
                                 entry.1 -= 1;

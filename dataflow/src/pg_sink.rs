@@ -111,10 +111,7 @@ impl WriterThread {
                         committed.inc_by(report.rows as u64);
                         seconds.observe(started.elapsed().as_secs_f64());
                         if let Some(ts) = newest {
-                            let now_ms = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64);
-                            freshness.observe(now_ms.saturating_sub(ts) as f64 / 1000.0);
+                            freshness.observe(millstream_events::time::seconds_since(ts));
                         }
                     }
                     let failed = result.is_err();

@@ -294,9 +294,7 @@ impl RunStats {
     pub fn durable_frontier(&self, frontier: Option<u64>) {
         if let Some(ms) = frontier {
             self.durable_event_time_seconds.set(ms as f64 / 1000.0);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+            let now = millstream_events::time::now_ms() as f64 / 1000.0;
             self.watermark_delay_seconds.set(now - ms as f64 / 1000.0);
         }
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{millstream, read_json, run_ok, write_mixed_input};
+use common::{millstream, read_json, reading_identity, run_ok, write_mixed_input};
 use millstream_testkit::kafka::{ConsumedRecord, TestKafka};
 use serde_json::Value;
 
@@ -218,11 +218,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         .iter()
         .filter_map(|r| {
             let v: Value = serde_json::from_slice(&r.value).ok()?;
-            let ts = v["ts"].as_u64().or_else(|| v["ts"].as_str().and_then(parse_ts))?;
-            Some((
-                (v["sensor_id"].as_str()?.to_owned(), ts, v["value"].as_f64()?.to_bits()),
-                (r.partition, r.offset),
-            ))
+            Some((reading_identity(&v)?, (r.partition, r.offset)))
         })
         .collect();
     let notified = notifications(&kafka);
@@ -234,12 +230,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     }
     let mut committed_before_kill = 0;
     for (id, anomaly) in &expected {
-        let key = (
-            anomaly["sensor_id"].as_str().unwrap().to_owned(),
-            parse_ts(anomaly["ts"].as_str().unwrap()).unwrap(),
-            anomaly["value"].as_f64().unwrap().to_bits(),
-        );
-        let (partition, offset) = offsets[&key];
+        let (partition, offset) = offsets[&reading_identity(anomaly).unwrap()];
         if offset < resume[&partition] {
             committed_before_kill += 1;
             assert!(
@@ -280,24 +271,6 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     // And most anomalies are found again after the restart.
     let found = expected.keys().filter(|id| delivered.contains_key(*id)).count();
     assert!(found * 10 >= expected.len() * 9, "{found} of {} anomalies delivered", expected.len());
-}
-
-/// Epoch ms of an RFC 3339 UTC timestamp with milliseconds (test-side, independent parser).
-fn parse_ts(text: &str) -> Option<u64> {
-    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000 + ms.parse::<i64>().ok()?) as u64)
 }
 
 #[test]

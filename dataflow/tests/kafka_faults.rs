@@ -27,7 +27,9 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, millstream, read_json, run_ok, write_mixed_input, Mixed};
+use common::{
+    free_port, http_get, millstream, read_json, reading_identity, run_ok, write_mixed_input, Mixed,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Headers, Message};
@@ -190,20 +192,14 @@ fn reference_run(dir: &Path, input: &Mixed, produced: &Produced) -> Reference {
     let mut first_line: BTreeMap<(String, u64, u64), usize> = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let ts = v["ts"].as_u64().or_else(|| v["ts"].as_str().and_then(parse_ts));
-        if let (Some(sensor), Some(ts), Some(value)) = (v["sensor_id"].as_str(), ts, v["value"].as_f64()) {
-            first_line.entry((sensor.to_owned(), ts, value.to_bits())).or_insert(i);
+        if let Some(identity) = reading_identity(&v) {
+            first_line.entry(identity).or_insert(i);
         }
     }
     let anomalies = read_json(&out.join("anomalies.jsonl"))
         .into_iter()
         .map(|a| {
-            let key = (
-                a["sensor_id"].as_str().unwrap().to_owned(),
-                parse_ts(a["ts"].as_str().unwrap()).unwrap(),
-                a["value"].as_f64().unwrap().to_bits(),
-            );
-            let line = first_line[&key];
+            let line = first_line[&reading_identity(&a).unwrap()];
             (a["event_id"].as_str().unwrap().to_owned(), (a, produced.placed[line]))
         })
         .collect();
@@ -925,22 +921,4 @@ fn broker_outage_commit_and_produce_errors_with_the_kafka_sink_lose_nothing() {
         after.iter().any(|l| l.contains("circuit closed")),
         "the sink's circuit did not close again after the Produce errors: {after:#?}"
     );
-}
-
-/// Epoch ms of an RFC 3339 UTC timestamp with milliseconds (test-side, independent parser).
-fn parse_ts(text: &str) -> Option<u64> {
-    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000 + ms.parse::<i64>().ok()?) as u64)
 }

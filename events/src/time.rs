@@ -21,6 +21,18 @@ pub enum TimestampError {
     FractionalMillis(f64),
 }
 
+/// The wall clock as event time (epoch ms); 0 on a clock set before 1970.
+pub fn now_ms() -> EventTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as EventTime)
+}
+
+/// Seconds from event time `ts` to now; 0 when `ts` is in the future.
+pub fn seconds_since(ts: EventTime) -> f64 {
+    now_ms().saturating_sub(ts) as f64 / 1000.0
+}
+
 /// Parses an RFC 3339 timestamp to epoch milliseconds, truncating sub-millisecond digits.
 pub fn parse_rfc3339(text: &str) -> Result<EventTime, TimestampError> {
     let parsed = chrono::DateTime::parse_from_rfc3339(text)

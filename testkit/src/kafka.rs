@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::process::{free_port, log_tail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -413,8 +415,7 @@ impl TestKafka {
         self.wait_ready().map_err(|e| {
             self.stop();
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-            e.context(format!("tansu did not start on port {}; log:\n{}", self.port, tail.join("\n")))
+            e.context(format!("tansu did not start on port {}; log:\n{}", self.port, log_tail(&log, 15)))
         })
     }
 
@@ -526,35 +527,12 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// The tansu program: `TANSU`, `$CARGO_HOME/bin/tansu`, `~/.cargo/bin/tansu`, or on `PATH`.
 fn find_tansu() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("TANSU").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        if path.is_file() {
-            return Ok(path);
-        }
-        bail!("TANSU={} is not a file (it should name the tansu program)", path.display());
-    }
-    let mut candidates = Vec::new();
-    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|p| !p.is_empty()) {
-        candidates.push(PathBuf::from(home).join("bin").join("tansu"));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|p| !p.is_empty()) {
-        candidates.push(PathBuf::from(home).join(".cargo").join("bin").join("tansu"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("tansu")));
-    }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow!(
-            "the Kafka-protocol broker `tansu` was not found (TANSU, $CARGO_HOME/bin, ~/.cargo/bin, \
-             PATH). Install it with `cargo install tansu --locked --features dynostore,libsql` \
-             (about 15 to 19 minutes), or set TANSU to its path"
-        )
-    })
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+    crate::process::find_program(
+        "tansu",
+        "TANSU",
+        "the Kafka-protocol broker",
+        "`cargo install tansu --locked --features dynostore,libsql` (about 15 to 19 minutes)",
+    )
 }
 
 #[cfg(test)]

@@ -21,19 +21,21 @@
 //! port, with a fresh access key and secret, and a helper to create buckets (see [`s3`]).
 
 pub mod kafka;
+mod process;
 pub mod s3;
 
 pub use kafka::{ConsumedRecord, TestKafka, TestRecord};
 pub use s3::TestS3;
 
 use std::ffi::{OsStr, OsString};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::process::{free_port, log_tail};
 
 /// The superuser of a throwaway cluster (trust authentication: no password).
 pub const USER: &str = "postgres";
@@ -364,8 +366,7 @@ impl Cluster {
         ];
         self.run("pg_ctl", &args).map(|_| ()).map_err(|e| {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-            e.context(format!("PostgreSQL did not start on port {}; log:\n{}", self.port, tail.join("\n")))
+            e.context(format!("PostgreSQL did not start on port {}; log:\n{}", self.port, log_tail(&log, 10)))
         })
     }
 
@@ -504,11 +505,6 @@ fn command_stdout(program: &str, args: &[&str]) -> Result<String> {
 fn shell_quote(arg: &OsStr) -> OsString {
     let text = arg.to_string_lossy();
     OsString::from(format!("'{}'", text.replace('\'', "'\\''")))
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {

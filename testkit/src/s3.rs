@@ -27,13 +27,15 @@
 //! [s3s-fs]: https://crates.io/crates/s3s-fs
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::process::{free_port, log_tail};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -197,8 +199,7 @@ impl TestS3 {
         self.wait_ready().map_err(|e| {
             self.stop();
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-            e.context(format!("s3s-fs did not start on port {}; log:\n{}", self.port, tail.join("\n")))
+            e.context(format!("s3s-fs did not start on port {}; log:\n{}", self.port, log_tail(&log, 15)))
         })
     }
 
@@ -279,35 +280,12 @@ fn fresh_secret() -> String {
 }
 
 fn find_s3s_fs() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("S3S_FS").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        if path.is_file() {
-            return Ok(path);
-        }
-        bail!("S3S_FS={} is not a file (it should name the s3s-fs program)", path.display());
-    }
-    let mut candidates = Vec::new();
-    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|p| !p.is_empty()) {
-        candidates.push(PathBuf::from(home).join("bin").join("s3s-fs"));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|p| !p.is_empty()) {
-        candidates.push(PathBuf::from(home).join(".cargo").join("bin").join("s3s-fs"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("s3s-fs")));
-    }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow!(
-            "the S3-compatible server `s3s-fs` was not found (S3S_FS, $CARGO_HOME/bin, ~/.cargo/bin, \
-             PATH). Install it with `cargo install s3s-fs --version 0.14.1 --features binary --locked` \
-             (about 3 minutes), or set S3S_FS to its path"
-        )
-    })
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+    crate::process::find_program(
+        "s3s-fs",
+        "S3S_FS",
+        "the S3-compatible server",
+        "`cargo install s3s-fs --version 0.14.1 --features binary --locked` (about 3 minutes)",
+    )
 }
 
 #[cfg(test)]

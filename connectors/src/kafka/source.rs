@@ -7,9 +7,10 @@ use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use millstream_events::decode::decode_json;
+use millstream_events::time::now_ms;
 use millstream_events::{
     Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, SourceLocation, TimeModel, Watermark,
 };
@@ -263,10 +264,6 @@ impl Reader {
     }
 }
 
-fn now_ms() -> EventTime {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as EventTime)
-}
-
 /// Reads `input` on every worker. `durable` is the probe of every durable sink: offsets are
 /// committed once it has passed the times of their records.
 pub fn kafka_source<'scope>(
@@ -398,55 +395,57 @@ pub fn kafka_source<'scope>(
                 READ_BUDGET.min(options.max_in_flight_records - in_flight)
             };
             let mut more = false;
-            {
-                for p in reader.partitions.iter_mut().filter(|p| !p.done) {
-                    if over_budget && Some(time.epoch(p.watermark.time())) != laggard {
-                        continue;
-                    }
-                    let Some(queue) = p.queue.take() else { continue };
-                    let mut read = 0usize;
-                    let mut batch_max: Option<EventTime> = None;
-                    let mut records = 0usize;
-                    while read < budget {
-                        match queue.poll(Duration::ZERO) {
-                            None => break,
-                            Some(Ok(message)) => {
-                                read += 1;
-                                if let Some((t, item)) = ingest(&message, p, &time, *cap.time()) {
-                                    batch_max = Some(batch_max.map_or(t, |m: EventTime| m.max(t)));
-                                    records += 1;
-                                    stamped.push((t, item));
-                                }
-                            }
-                            Some(Err(KafkaError::PartitionEOF(_))) => {
-                                p.at_end = true;
-                                if p.end.is_some() {
-                                    p.done = true;
-                                }
-                                break;
-                            }
-                            Some(Err(error)) => {
-                                tracing::warn!(worker_id = worker, topic = &*p.topic, partition = p.partition, %error, "kafka fetch error");
-                                break;
+            let now = Instant::now();
+            for p in reader.partitions.iter_mut().filter(|p| !p.done) {
+                if over_budget && Some(time.epoch(p.watermark.time())) != laggard {
+                    continue;
+                }
+                let Some(queue) = p.queue.take() else { continue };
+                let mut read = 0usize;
+                let mut batch_max: Option<EventTime> = None;
+                let mut records = 0usize;
+                while read < budget {
+                    match queue.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(message)) => {
+                            read += 1;
+                            if let Some((t, item)) = ingest(&message, p, &time, *cap.time()) {
+                                batch_max = Some(batch_max.map_or(t, |m: EventTime| m.max(t)));
+                                records += 1;
+                                stamped.push((t, item));
                             }
                         }
+                        Some(Err(KafkaError::PartitionEOF(_))) => {
+                            p.at_end = true;
+                            if p.end.is_some() {
+                                p.done = true;
+                            }
+                            break;
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(worker_id = worker, topic = &*p.topic, partition = p.partition, %error, "kafka fetch error");
+                            break;
+                        }
                     }
-                    p.queue = Some(queue);
-                    if records > 0 {
-                        p.ledger.push(batch_max.expect("records were read"), p.next_offset, records);
-                        input.observer.consumed(&p.topic, p.partition, records as u64);
-                    }
-                    if p.end.is_some_and(|end| p.next_offset >= end) {
-                        p.done = true;
-                    }
-                    more |= read == budget;
                 }
-                if more && !over_budget {
-                    activator.activate();
-                } else if over_budget {
-                    // Paused until the sinks catch up; the probe does not wake us, so look again soon.
-                    activator.activate_after(Duration::from_millis(5));
+                p.queue = Some(queue);
+                if read > 0 {
+                    p.last_record = now;
                 }
+                if records > 0 {
+                    p.ledger.push(batch_max.expect("records were read"), p.next_offset, records);
+                    input.observer.consumed(&p.topic, p.partition, records as u64);
+                }
+                if p.end.is_some_and(|end| p.next_offset >= end) {
+                    p.done = true;
+                }
+                more |= read == budget;
+            }
+            if over_budget {
+                // Paused until the sinks catch up; the probe does not wake us, so look again soon.
+                activator.activate_after(Duration::from_millis(5));
+            } else if more {
+                activator.activate();
             }
             if !stamped.is_empty() {
                 reader.consumer.context().reachable();
@@ -536,6 +535,7 @@ fn drain_main_queue(
         else {
             continue;
         };
+        p.last_record = Instant::now();
         if let Some((t, item)) = ingest(&message, p, time, floor) {
             p.ledger.push(t, p.next_offset, 1);
             stamped.push((t, item));
@@ -557,7 +557,6 @@ fn ingest(
     }
     p.next_offset = offset + 1;
     p.at_end = false;
-    p.last_record = Instant::now();
     let payload = message.payload().unwrap_or(&[]);
     let (stamp, item) = match decode_json(payload) {
         Ok(reading) => {

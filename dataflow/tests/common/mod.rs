@@ -165,3 +165,29 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     Some((status, body))
 }
+
+/// Epoch ms of an RFC 3339 UTC timestamp (`…Z`, optional milliseconds): the inverse of
+/// `chrono_like`, written independently of the crate under test.
+pub fn parse_ts(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000 + ms.parse::<i64>().ok()?) as u64)
+}
+
+/// What identifies a reading across inputs and outputs: (sensor_id, ts in epoch ms, value
+/// bits). `ts` may be epoch ms or RFC 3339, as in the input contract and the outputs.
+pub fn reading_identity(v: &serde_json::Value) -> Option<(String, u64, u64)> {
+    let ts = v["ts"].as_u64().or_else(|| v["ts"].as_str().and_then(parse_ts))?;
+    Some((v["sensor_id"].as_str()?.to_owned(), ts, v["value"].as_f64()?.to_bits()))
+}
