@@ -184,6 +184,7 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub admin: AdminSettings,
     pub kafka: crate::kafka_settings::KafkaSettings,
+    pub models: crate::models::ModelsSettings,
     pub log: LogSettings,
 }
 

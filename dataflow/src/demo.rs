@@ -73,6 +73,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         admin: crate::http::Admin { token: None, config: String::new() },
         kafka: Default::default(),
         stop_at_end: false,
+        models: Default::default(),
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -49,11 +49,24 @@ pub fn build<'scope>(
     };
     let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
     let stats = Arc::clone(&context.stats);
-    let decode_dead_letters = rejected.map(move |dead| {
+    let decode_dead_letters = rejected.clone().map(move |dead| {
         stats.record_dead_letter(&dead);
         SinkEvent::DeadLetter(dead)
     });
-    let events = score_readings(accepted, Arc::clone(&context)).concat(decode_dead_letters);
+    let mut events = score_readings(accepted, Arc::clone(&context));
+    if let Some(models) = &context.models {
+        let feed =
+            if scope.index() == 0 { context.model_feed.lock().expect("never poisoned").take() } else { None };
+        let updates =
+            crate::model_stream::model_updates(scope, rejected.clone(), feed, Arc::clone(&context.stats));
+        let (readings, others) = events.ok_err::<Vec<_>, _, Vec<_>, _, _>(|event| match event {
+            SinkEvent::Reading(reading) => Ok(reading),
+            other => Err(other),
+        });
+        events = crate::asset::score_assets(readings, updates, Arc::clone(models), Arc::clone(&context))
+            .concat(others);
+    }
+    let events = events.concat(decode_dead_letters);
     let emit_scores = context.config.emit_scores;
     let lines = events.clone().flat_map(move |event| render(&event, emit_scores));
 

@@ -6,6 +6,7 @@
 //! `millstream-events`.
 
 pub mod aggregate;
+pub mod asset;
 pub mod bench;
 pub mod bench_kafka;
 pub mod bench_pg;
@@ -17,6 +18,8 @@ pub mod health;
 pub mod http;
 pub mod kafka_settings;
 pub mod kafka_sink;
+pub mod model_stream;
+pub mod models;
 pub mod pg_sink;
 pub mod produce;
 pub mod render;
@@ -27,6 +30,7 @@ pub mod sink;
 pub mod source;
 pub mod stash;
 pub mod stats;
+pub mod train;
 
 /// Stops the process with a one-line reason: for failures inside a worker that leave the run
 /// without a way to continue (a sink or a source that cannot be created).

@@ -54,6 +54,14 @@ enum Command {
     Report(millstream::report::ReportArgs),
     /// Score the pipeline on SKAB (labelled water-pump data) the SKAB way: F1, FAR, MAR.
     Eval(millstream::eval::EvalArgs),
+    /// Train a per-asset k-means model from readings and store it as a new version.
+    Train {
+        #[command(flatten)]
+        args: millstream::train::TrainArgs,
+        /// A TOML configuration file (for `[models] store`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Load readings into a Kafka topic, keyed by sensor_id, creating the topic if missing.
     Produce(millstream::produce::ProduceArgs),
     /// Configuration files.
@@ -156,6 +164,9 @@ fn main() -> ExitCode {
         Command::BenchKafka(args) => millstream::bench_kafka::bench_kafka(args),
         Command::Report(args) => millstream::report::report(args),
         Command::Eval(args) => millstream::eval::eval(args),
+        Command::Train { args, config } => Settings::load(config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|settings| millstream::train::train(args, settings.models.store)),
         Command::Produce(args) => millstream::produce::produce(args),
         Command::BenchLoop { path } => millstream::bench::hand_written_loop(&path).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
@@ -199,7 +210,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     let _ = config; // loaded above
     let config_text = settings.to_redacted_toml();
-    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, log: _ } = settings;
+    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, models, log: _ } = settings;
     let admin = millstream::http::Admin { token: admin.resolve_token()?, config: config_text };
     let source = match (source, run_settings.source) {
         (Some(source), _) => source,
@@ -242,7 +253,8 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let cluster = cluster.into_options(run_settings.workers);
     // Files and the simulator are finite and always stop at their end; `stop_at_end` makes a
     // Kafka source finite.
-    let plan = RunPlan { source, sinks, pipeline, cluster, http, postgres, admin, kafka, stop_at_end };
+    let plan =
+        RunPlan { source, sinks, pipeline, cluster, http, postgres, admin, kafka, stop_at_end, models };
     let report = run(plan, stats)?;
     let s = &report.stats;
     tracing::info!(

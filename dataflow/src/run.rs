@@ -91,6 +91,8 @@ pub struct RunPlan {
     /// Kafka source: stop, flushed and committed, once every partition reaches the end offset
     /// it had when the run started.
     pub stop_at_end: bool,
+    /// The `[models]` settings: per-asset models and their store.
+    pub models: crate::models::ModelsSettings,
 }
 
 /// What a finished run did in this process.
@@ -103,7 +105,9 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, mut pipeline, cluster, http, postgres, admin, kafka, stop_at_end } = plan;
+    let RunPlan { source, sinks, mut pipeline, cluster, http, postgres, admin, kafka, stop_at_end, models } =
+        plan;
+    models.check()?;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
         let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats), admin)?;
@@ -144,6 +148,13 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let opened =
         OpenedSource::open(&source, crate::source::KafkaOpen { settings: &kafka, stop_at_end, observer })?;
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
+    // Only the process that hosts worker 0 watches the store; the updates are broadcast.
+    let model_feed = if cluster.process == 0 {
+        crate::models::start(&models, Arc::clone(&stats), Arc::clone(&health))?
+    } else {
+        None
+    };
+    let models = models.store.is_some().then(|| Arc::new(models));
     let context = Arc::new(RunContext {
         config: pipeline,
         resolver: opened.resolver(),
@@ -152,6 +163,8 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         postgres,
         kafka_sink,
         emit_readings,
+        models,
+        model_feed: std::sync::Mutex::new(model_feed),
     });
     let started = Instant::now();
     let threads = cluster.workers.max(1);

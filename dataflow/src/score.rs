@@ -35,6 +35,19 @@ pub struct RunContext {
     /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);
     /// without it only anomalies and dead letters leave the stage.
     pub emit_readings: bool,
+    /// The per-asset models, when a store is configured.
+    pub models: Option<Arc<crate::models::ModelsSettings>>,
+    /// The watcher's feed of model versions: taken by the worker that emits model updates
+    /// (the first worker of process 0).
+    pub model_feed: std::sync::Mutex<Option<crate::models::ModelFeed>>,
+}
+
+impl RunContext {
+    /// Whether the sensor stage passes every accepted reading on: for the sinks, or for the
+    /// asset stage, which needs them whatever the sinks want.
+    pub fn readings_leave_sensor_stage(&self) -> bool {
+        self.emit_readings || self.models.is_some()
+    }
 }
 
 /// Routes a sensor to a worker; a fixed hash, so every process agrees.
@@ -130,7 +143,7 @@ fn process(
     );
     match outcome {
         Outcome::Scored { verdict, stuck } => {
-            if context.emit_readings {
+            if context.readings_leave_sensor_stage() {
                 events.push(reading_event(accepted, verdict.score, false));
             }
             for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
@@ -141,7 +154,7 @@ fn process(
         }
         Outcome::LateKept => {
             context.stats.late_kept.inc();
-            if context.emit_readings {
+            if context.readings_leave_sensor_stage() {
                 events.push(reading_event(accepted, 0.0, true));
             }
         }
@@ -185,6 +198,7 @@ pub fn anomalies_of(reading: &Reading, verdict: &Verdict, stuck: bool, rule: &St
         detector: detector.to_owned(),
         model_version: None,
         explanation: Some(explanation),
+        episode: None,
     };
     if let Some(severity) = verdict.severity {
         out.push(event(RobustZ::NAME, verdict.score, severity, explain(verdict, reading.value)));

@@ -52,6 +52,14 @@ pub struct RunStats {
     pub ingest_to_durable_seconds: prometheus::Histogram,
     /// 1 while the Kafka source cannot reach its brokers.
     pub kafka_source_disconnected: IntGauge,
+    /// The model version in service, by model name.
+    pub model_version: IntGaugeVec,
+    /// Model versions switched to while running.
+    pub model_switches: IntCounter,
+    /// Failed polls or fetches of the model store (the current models stay in service).
+    pub model_store_errors: IntCounter,
+    /// Asset time buckets scored by a multivariate model.
+    pub asset_buckets: IntCounter,
     /// Worker threads in this process, and processes in the cluster.
     pub workers: IntGauge,
     pub processes: IntGauge,
@@ -101,6 +109,34 @@ impl RunStats {
             ),
         );
         RunStats {
+            model_version: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("millstream_model_version", "The model version in service, by model."),
+                    &["model"],
+                ),
+            ),
+            model_switches: register(
+                r,
+                IntCounter::new(
+                    "millstream_model_switches_total",
+                    "Model versions switched to while running.",
+                ),
+            ),
+            model_store_errors: register(
+                r,
+                IntCounter::new(
+                    "millstream_model_store_errors_total",
+                    "Failed polls or fetches of the model store; the current models stay in service.",
+                ),
+            ),
+            asset_buckets: register(
+                r,
+                IntCounter::new(
+                    "millstream_asset_buckets_scored_total",
+                    "Asset time buckets scored by a multivariate model.",
+                ),
+            ),
             readings: register(
                 r,
                 IntCounter::new("millstream_readings_total", "Accepted readings that reached validation."),

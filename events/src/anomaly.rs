@@ -45,6 +45,65 @@ pub struct Anomaly {
     pub model_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<String>,
+    /// The episode this event belongs to: detectors report an anomaly once when it opens,
+    /// again when its severity rises, and once when it closes (not once per reading).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub episode: Option<Episode>,
+}
+
+/// Where an anomaly event sits in its episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeState {
+    Opened,
+    /// The severity rose.
+    Escalated,
+    Closed,
+}
+
+impl EpisodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeState::Opened => "opened",
+            EpisodeState::Escalated => "escalated",
+            EpisodeState::Closed => "closed",
+        }
+    }
+}
+
+/// The episode fields of an anomaly event (flattened into it in JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// The `event_id` of the event that opened the episode.
+    pub episode_id: String,
+    pub state: EpisodeState,
+    /// Event time of the episode's first anomalous reading.
+    #[serde(
+        serialize_with = "crate::time::serialize_rfc3339",
+        deserialize_with = "crate::time::deserialize_event_time"
+    )]
+    pub started_at: EventTime,
+    /// On `closed`: the event time of its last anomalous reading.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_optional_time",
+        deserialize_with = "deserialize_optional_time"
+    )]
+    pub ended_at: Option<EventTime>,
+    /// The highest score so far.
+    pub peak_score: f64,
+}
+
+fn serialize_optional_time<S: serde::Serializer>(ts: &Option<EventTime>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => crate::time::serialize_rfc3339(ts, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn deserialize_optional_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventTime>, D::Error> {
+    crate::time::deserialize_event_time(d).map(Some)
 }
 
 /// The score of one accepted reading, as written to `scores.jsonl` with `--emit-scores`.

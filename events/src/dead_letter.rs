@@ -28,10 +28,21 @@ pub enum Reason {
     Late,
     /// Larger than the maximum record size.
     TooLarge,
+    /// `value` is outside the `[min, max]` of the sensor's registry rules, when their
+    /// `range_action` is `reject` (with `flag` the reading is kept, flagged `out_of_range`).
+    OutOfRange,
+    /// The value changed faster than the sensor's `max_rate_per_s` since its previous accepted
+    /// reading, when the `rate_action` is `reject` (with `flag` it is kept, flagged).
+    RateOfChange,
+    /// `ts` is further ahead of the wall clock than the registry's `max_future_ms`.
+    FutureTimestamp,
+    /// `unit` differs from the unit the sensor's registry rules expect.
+    UnitMismatch,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    /// Every reason, in declaration order: `ALL[r as usize] == r` (metrics index by it).
+    pub const ALL: [Reason; 14] = [
         Reason::MalformedJson,
         Reason::MalformedCsv,
         Reason::MissingField,
@@ -42,6 +53,10 @@ impl Reason {
         Reason::Duplicate,
         Reason::Late,
         Reason::TooLarge,
+        Reason::OutOfRange,
+        Reason::RateOfChange,
+        Reason::FutureTimestamp,
+        Reason::UnitMismatch,
     ];
 
     /// The snake_case name used in files, headers and metric labels.
@@ -57,6 +72,10 @@ impl Reason {
             Reason::Duplicate => "duplicate",
             Reason::Late => "late",
             Reason::TooLarge => "too_large",
+            Reason::OutOfRange => "out_of_range",
+            Reason::RateOfChange => "rate_of_change",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::UnitMismatch => "unit_mismatch",
         }
     }
 }
@@ -128,4 +147,27 @@ pub struct DeadLetter {
     /// The original record, lossily decoded as UTF-8 when it was not valid UTF-8.
     pub raw: String,
     pub source: SourceLocation,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_declaration_order_with_distinct_names() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
+        let names: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len(), "names are distinct");
+    }
+
+    #[test]
+    fn serde_names_are_as_str() {
+        for r in Reason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+        }
+    }
 }

@@ -40,8 +40,9 @@ pub struct OutputLine {
     pub json: String,
 }
 
-/// An accepted reading on its way to the sinks (the `readings` table, `scores.jsonl`).
-#[derive(Debug, Clone, PartialEq)]
+/// An accepted reading on its way to the sinks (the `readings` table, `scores.jsonl`); it
+/// crosses workers on its way to the per-asset stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadingRow {
     pub sensor_id: compact_str::CompactString,
     pub asset_id: compact_str::CompactString,

@@ -288,6 +288,7 @@ mod tests {
             detector: "robust_z".to_owned(),
             model_version: None,
             explanation: None,
+            episode: None,
         }
     }
 

@@ -65,6 +65,8 @@ const MAD_TO_SIGMA: f64 = 1.253_314_137_315_500_3;
 const Z_CLAMP: f64 = 1e12;
 /// Deviations are clamped to ±this when scoring, so that squares and their sums stay finite.
 const DEVIATION_CLAMP: f64 = 1e150;
+/// The bucket width [`train`] records; callers aligning at another width set `bucket_ms`.
+pub const DEFAULT_BUCKET_MS: u64 = 1_000;
 /// The silhouette is computed on at most this many evenly spaced training rows.
 pub const SILHOUETTE_SAMPLE: usize = 1000;
 
@@ -390,6 +392,8 @@ pub fn train(
         },
         metrics: TrainingMetrics { inertia, silhouette, k_requested: config.k, k: k as u32 },
         params: config.clone(),
+        bucket_ms: DEFAULT_BUCKET_MS,
+        effective_from: None,
     };
     artifact.validate().map_err(|e| TrainError::Fit(e.to_string()))?;
     Ok(artifact)

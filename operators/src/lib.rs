@@ -3,7 +3,10 @@
 //! No I/O and no timely here, so that everything can be unit- and property-tested.
 
 pub mod detector;
+pub mod episode;
 pub mod evaluate;
+pub mod features;
 pub mod kmeans;
 pub mod model;
 pub mod sensor;
+pub mod validate;

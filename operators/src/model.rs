@@ -37,7 +37,8 @@ use crate::kmeans::KMeansConfig;
 /// The first bytes of every encoded artifact.
 pub const MAGIC: &[u8; 7] = b"MSMODEL";
 /// The format version [`ModelArtifact::encode`] writes (and the only one `decode` reads today).
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2 added `bucket_ms` and `effective_from`; version 1 was never released.
+pub const FORMAT_VERSION: u16 = 2;
 /// Magic, version, length and checksum.
 pub const HEADER_LEN: usize = 7 + 2 + 4 + 4;
 /// The largest body `decode` accepts (a model with thousands of features is still far below).
@@ -249,6 +250,12 @@ pub struct ModelArtifact {
     pub metrics: TrainingMetrics,
     /// The parameters it was trained with.
     pub params: KMeansConfig,
+    /// Width of the event-time buckets its feature vectors are aligned to, in ms (the feature
+    /// windows, `:ma15`, count these buckets).
+    pub bucket_ms: u64,
+    /// The event time from which the dataflow serves this version (all workers switch at
+    /// that time); `None`: as soon as it is seen.
+    pub effective_from: Option<u64>,
 }
 
 impl ModelArtifact {
@@ -364,10 +371,22 @@ impl ModelArtifact {
         if !(c.threshold > 0.0 && c.threshold < 1.0 && c.quantile > 0.0 && c.quantile <= 1.0) {
             return bad(format!("calibration {c:?} out of range"));
         }
+        if self.bucket_ms == 0 {
+            return bad("bucket_ms must be positive".into());
+        }
+        if let Err(e) = crate::features::FeaturePlan::from_names(&self.features) {
+            return bad(e.to_string());
+        }
         if self.min_present == 0 || self.min_present as usize > f {
             return bad(format!("min_present {} not in 1..={f}", self.min_present));
         }
         Ok(())
+    }
+
+    /// The same artifact, served from event time `ts` on.
+    pub fn effective_from(mut self, ts: Option<u64>) -> ModelArtifact {
+        self.effective_from = ts;
+        self
     }
 
     /// The number of features a row must have.
@@ -415,6 +434,8 @@ mod tests {
             training: TrainingWindow { first_ts: Some(1), last_ts: Some(400_000), rows: 400, rows_used: 399 },
             metrics: TrainingMetrics { inertia: 812.5, silhouette: Some(0.41), k_requested: 3, k: 2 },
             params: KMeansConfig::default(),
+            bucket_ms: 1_000,
+            effective_from: None,
         }
     }
 
@@ -432,9 +453,11 @@ mod tests {
     #[test]
     fn unknown_versions_and_corruption_are_refused() {
         let bytes = sample().encode().unwrap();
-        let mut v2 = bytes.clone();
-        v2[7..9].copy_from_slice(&2u16.to_le_bytes());
-        assert_eq!(ModelArtifact::decode(&v2), Err(ModelError::UnsupportedVersion { found: 2 }));
+        for other in [1u16, FORMAT_VERSION + 1] {
+            let mut v = bytes.clone();
+            v[7..9].copy_from_slice(&other.to_le_bytes());
+            assert_eq!(ModelArtifact::decode(&v), Err(ModelError::UnsupportedVersion { found: other }));
+        }
         let mut magic = bytes.clone();
         magic[0] = b'X';
         assert_eq!(ModelArtifact::decode(&magic), Err(ModelError::BadMagic));
@@ -447,8 +470,10 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
         assert_eq!(ModelArtifact::decode(&flipped), Err(ModelError::Checksum));
-        let err = ModelArtifact::decode(&v2).unwrap_err().to_string();
-        assert!(err.contains("version 2"), "{err}");
+        let mut v1 = bytes.clone();
+        v1[7..9].copy_from_slice(&1u16.to_le_bytes());
+        let err = ModelArtifact::decode(&v1).unwrap_err().to_string();
+        assert!(err.contains("version 1"), "{err}");
     }
 
     #[test]

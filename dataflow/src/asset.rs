@@ -1,0 +1,347 @@
+//! The per-asset stage: readings exchanged by `asset_id`, aligned into event-time buckets,
+//! turned into feature vectors and scored by the asset's k-means model.
+//!
+//! Every reading of an asset that has a model waits here until its bucket is complete (the
+//! frontier has passed every time a reading of the bucket could have), then leaves with its
+//! combined score: the larger of its own sensor's score and its asset's score for the bucket.
+//! The asset score feeds an episode tracker (hysteresis), whose transitions are the `kmeans`
+//! anomaly events; each names the sensor that contributes most, and explains the top three.
+//!
+//! Models arrive on their own stream ([`crate::model_stream`]), broadcast: an update at time
+//! `t` is applied before any reading at `t` or later, on every worker, so the switch is the same
+//! for any number of workers. Late readings skip the stage's state (as they skip the sensor
+//! detectors) and pass straight through.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use millstream_events::event_id::event_id;
+use millstream_events::{
+    Anomaly, CompactString, Episode, EpisodeState, EventTime, ReadingRow, Severity, SinkEvent,
+};
+use millstream_operators::episode::{EpisodeTracker, Transition};
+use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
+use millstream_operators::kmeans;
+use millstream_operators::model::{ModelArtifact, KMEANS_DETECTOR};
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::models::{ModelUpdate, ModelsSettings};
+use crate::score::RunContext;
+
+/// A model version in service.
+struct Served {
+    version: u64,
+    artifact: ModelArtifact,
+    plan: FeaturePlan,
+    label: String,
+}
+
+/// One asset's rolling state.
+struct AssetState {
+    /// The model serving it, by name (resolved once: the rules are static).
+    model: Option<String>,
+    /// The version its feature state was built for, and what that state computes.
+    version: u64,
+    feature_names: Vec<String>,
+    bucket_ms: u64,
+    features: FeatureState,
+    /// The open bucket's start, its per-sensor sums, and its readings (to be released with
+    /// their combined scores), and the earliest time among them.
+    bucket: Option<EventTime>,
+    accumulator: BucketAccumulator,
+    held: Vec<ReadingRow>,
+    held_time: Option<EventTime>,
+    episode: EpisodeTracker,
+    row: Vec<f64>,
+}
+
+pub fn score_assets<'scope>(
+    readings: Stream<'scope, EventTime, Vec<ReadingRow>>,
+    updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
+    settings: Arc<ModelsSettings>,
+    context: Arc<RunContext>,
+) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
+    let pact = Exchange::new(|r: &ReadingRow| crate::score::sensor_route(&r.asset_id));
+    readings.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
+        let epoch_ms = context.config.epoch_ms.max(1);
+        let mut models: FxHashMap<String, Arc<Served>> = FxHashMap::default();
+        let mut assets: BTreeMap<CompactString, AssetState> = BTreeMap::new();
+        let mut pending: BTreeMap<EventTime, Vec<ReadingRow>> = BTreeMap::new();
+        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
+        let mut capability: Option<Capability<EventTime>> = None;
+        let mut out: Vec<SinkEvent> = Vec::new();
+        let mut emit: Vec<(EventTime, SinkEvent)> = Vec::new();
+        move |(readings, readings_frontier), (updates, updates_frontier), output| {
+            readings.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                    capability = cap.retain_least(0);
+                }
+                pending.entry(time).or_default().append(data);
+            });
+            updates.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                pending_updates.entry(time).or_default().append(data);
+            });
+            let complete = |t: &EventTime| {
+                !readings_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
+            };
+            // Updates and readings, in time order; an update at t comes before readings at t.
+            loop {
+                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
+                let next_readings = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
+                match (next_update, next_readings) {
+                    (Some(u), r) if r.is_none_or(|r| u <= r) => {
+                        for update in pending_updates.remove(&u).unwrap_or_default() {
+                            apply(&mut models, update);
+                        }
+                    }
+                    (_, Some(time)) => {
+                        let mut group = pending.remove(&time).unwrap_or_default();
+                        group.sort_by(|a, b| {
+                            (&a.asset_id, a.ts, &a.sensor_id, a.value.to_bits()).cmp(&(
+                                &b.asset_id,
+                                b.ts,
+                                &b.sensor_id,
+                                b.value.to_bits(),
+                            ))
+                        });
+                        for reading in group {
+                            admit(
+                                reading,
+                                time,
+                                &mut assets,
+                                &models,
+                                &settings,
+                                &context,
+                                &mut out,
+                                &mut emit,
+                            );
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            // Buckets that no reading still in flight can fall into are complete.
+            for (asset, state) in assets.iter_mut() {
+                let Some(bucket) = state.bucket else { continue };
+                let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
+                let last_time = epoch(bucket + served.artifact.bucket_ms - 1, epoch_ms);
+                if complete(&last_time) && pending.first_key_value().is_none_or(|(t, _)| *t > last_time) {
+                    close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
+                }
+            }
+            if !emit.is_empty() {
+                let cap =
+                    capability.as_ref().expect("outputs come from held readings, which hold a capability");
+                emit.sort_by_key(|(t, _)| *t);
+                let start = 0;
+                while start < emit.len() {
+                    let t = emit[start].0;
+                    let end = start + emit[start..].iter().take_while(|(u, _)| *u == t).count();
+                    output.session(&cap.delayed(&t)).give_iterator(emit.drain(start..end).map(|(_, e)| e));
+                    // `drain` moved the rest down to `start`.
+                }
+            }
+            // Hold the capability at the earliest time still to be released.
+            let earliest = pending
+                .first_key_value()
+                .map(|(t, _)| *t)
+                .into_iter()
+                .chain(assets.values().filter_map(|s| s.held_time))
+                .min();
+            match (earliest, capability.as_mut()) {
+                (Some(t), Some(cap)) => cap.downgrade(&t),
+                (None, _) => capability = None,
+                (Some(_), None) => unreachable!("held readings came with a capability"),
+            }
+        }
+    })
+}
+
+fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
+    t - t % epoch_ms
+}
+
+fn apply(models: &mut FxHashMap<String, Arc<Served>>, update: ModelUpdate) {
+    match update.artifact() {
+        Ok(artifact) => match FeaturePlan::from_names(&artifact.features) {
+            Ok(plan) => {
+                let label = format!("{}@v{}", update.name, update.version);
+                models
+                    .insert(update.name, Arc::new(Served { version: update.version, artifact, plan, label }));
+            }
+            Err(e) => {
+                tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
+            }
+        },
+        Err(e) => {
+            tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    reading: ReadingRow,
+    time: EventTime,
+    assets: &mut BTreeMap<CompactString, AssetState>,
+    models: &FxHashMap<String, Arc<Served>>,
+    settings: &ModelsSettings,
+    context: &RunContext,
+    out: &mut Vec<SinkEvent>,
+    emit: &mut Vec<(EventTime, SinkEvent)>,
+) {
+    let pass_through = |reading: ReadingRow, emit: &mut Vec<(EventTime, SinkEvent)>| {
+        if context.emit_readings {
+            emit.push((time, SinkEvent::Reading(reading)));
+        }
+    };
+    if reading.late {
+        return pass_through(reading, emit);
+    }
+    if !assets.contains_key(reading.asset_id.as_str()) {
+        let model = settings.model_for(&reading.asset_id).map(str::to_owned);
+        assets.insert(reading.asset_id.clone(), AssetState::new(model));
+    }
+    let state = assets.get_mut(reading.asset_id.as_str()).expect("inserted above");
+    let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
+        return pass_through(reading, emit);
+    };
+    if state.version != served.version {
+        // A new version keeps the rolling features when it computes the same ones.
+        let same =
+            state.feature_names == served.artifact.features && state.bucket_ms == served.artifact.bucket_ms;
+        if !same {
+            if state.bucket.is_some() {
+                // The open bucket was aligned for the old model: score it no more.
+                state.bucket = None;
+                for reading in state.held.drain(..) {
+                    if context.emit_readings {
+                        emit.push((state.held_time.unwrap_or(time), SinkEvent::Reading(reading)));
+                    }
+                }
+                state.held_time = None;
+            }
+            state.features = FeatureState::new(&served.plan);
+            state.accumulator = BucketAccumulator::new(served.plan.sensors.len());
+            state.feature_names = served.artifact.features.clone();
+            state.bucket_ms = served.artifact.bucket_ms;
+        }
+        state.version = served.version;
+    }
+    let bucket = reading.ts - reading.ts % served.artifact.bucket_ms;
+    if state.bucket.is_some_and(|b| b != bucket) {
+        let asset = reading.asset_id.clone();
+        close_bucket(&asset, state, served, settings, context, out, emit);
+    }
+    state.bucket = Some(bucket);
+    if let Some(sensor) = served.plan.sensor_index(sensor_name(&reading.sensor_id)) {
+        state.accumulator.add(sensor, reading.value);
+    }
+    state.held_time = Some(state.held_time.map_or(time, |t| t.min(time)));
+    state.held.push(reading);
+}
+
+impl AssetState {
+    fn new(model: Option<String>) -> AssetState {
+        AssetState {
+            model,
+            version: 0,
+            feature_names: Vec::new(),
+            bucket_ms: 0,
+            features: FeatureState::default(),
+            bucket: None,
+            accumulator: BucketAccumulator::default(),
+            held: Vec::new(),
+            held_time: None,
+            episode: EpisodeTracker::default(),
+            row: Vec::new(),
+        }
+    }
+}
+
+/// Scores the open bucket; its episode transition (if any) and its held readings, with their
+/// combined scores, go to `emit` at the bucket's earliest time.
+fn close_bucket(
+    asset: &str,
+    state: &mut AssetState,
+    served: &Served,
+    settings: &ModelsSettings,
+    context: &RunContext,
+    out: &mut Vec<SinkEvent>,
+    emit: &mut Vec<(EventTime, SinkEvent)>,
+) {
+    let Some(bucket) = state.bucket.take() else { return };
+    let at = state.held_time.take().unwrap_or(bucket);
+    let values = state.accumulator.take();
+    let mut row = std::mem::take(&mut state.row);
+    state.features.push(&served.plan, values, &mut row);
+    let scored = kmeans::score(&served.artifact, &row).ok();
+    context.stats.asset_buckets.inc();
+    let asset_score = scored.as_ref().map_or(0.0, |s| s.score);
+    if let Some(scored) = &scored {
+        let threshold = served.artifact.calibration.threshold;
+        let hot = (scored.score >= threshold).then(|| severity(scored.score, threshold));
+        let before = state.episode.current().copied();
+        if let Some(transition) = state.episode.observe(bucket, scored.score, hot, &settings.episodes) {
+            let open = state.episode.current().copied().or(before).expect("a transition has an episode");
+            let top = scored.top_contributors(1).first().map_or(0, |(i, _)| *i);
+            let sensor = &served.plan.defs[top].sensor;
+            let value = served.plan.sensor_index(sensor).and_then(|i| values[i]).unwrap_or(0.0);
+            let opened_id = event_id("anomaly", KMEANS_DETECTOR, asset, open.started_at);
+            let (episode_state, ended_at) = match transition {
+                Transition::Opened => (EpisodeState::Opened, None),
+                Transition::Escalated => (EpisodeState::Escalated, None),
+                Transition::Closed { ended_at } => (EpisodeState::Closed, Some(ended_at)),
+            };
+            let anomaly = Anomaly {
+                event_id: match episode_state {
+                    EpisodeState::Opened => opened_id.clone(),
+                    other => event_id(&format!("anomaly:{}", other.as_str()), KMEANS_DETECTOR, asset, bucket),
+                },
+                sensor_id: format!("{asset}/{sensor}"),
+                asset_id: asset.to_owned(),
+                ts: bucket,
+                value,
+                score: scored.score,
+                severity: open.severity,
+                detector: KMEANS_DETECTOR.to_owned(),
+                model_version: Some(served.label.clone()),
+                explanation: Some(kmeans::explain(&served.artifact, scored, 3)),
+                episode: Some(Episode {
+                    episode_id: opened_id,
+                    state: episode_state,
+                    started_at: open.started_at,
+                    ended_at,
+                    peak_score: open.peak_score.max(scored.score),
+                }),
+            };
+            context.stats.record_anomaly(&anomaly);
+            out.push(SinkEvent::Anomaly(anomaly));
+        }
+    }
+    state.row = row;
+    for mut reading in state.held.drain(..) {
+        if context.emit_readings {
+            reading.score = reading.score.max(asset_score);
+            out.push(SinkEvent::Reading(reading));
+        }
+    }
+    emit.extend(out.drain(..).map(|e| (at, e)));
+}
+
+/// Severity of an asset score at or above `threshold`: low up to halfway to 1, medium up to
+/// three quarters, high beyond.
+fn severity(score: f64, threshold: f64) -> Severity {
+    let span = (1.0 - threshold).max(f64::EPSILON);
+    match (score - threshold) / span {
+        x if x >= 0.75 => Severity::High,
+        x if x >= 0.5 => Severity::Medium,
+        _ => Severity::Low,
+    }
+}

@@ -1,0 +1,71 @@
+//! Model updates as a stream: one worker (the first of process 0) emits every new model version
+//! at an event time, and the stream is broadcast, so every worker applies it at that same time.
+//!
+//! The operator follows the frontier of the readings (it reads a small stream that has the
+//! source's frontier: the decode dead letters), holding a capability there, so:
+//! - the versions found at start-up are emitted at the very first time, before any reading;
+//! - a version found later is emitted at its `effective_from` event time when that is still
+//!   ahead of the readings (deterministic: the same outputs at any number of workers), and
+//!   otherwise at the readings' current frontier (the earliest time not yet complete);
+//! - the stream never holds the dataflow back: its frontier is the source's.
+
+use std::sync::Arc;
+
+use millstream_events::{DeadLetter, EventTime};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::{Scope, Stream};
+
+use crate::models::{ModelFeed, ModelUpdate};
+use crate::stats::RunStats;
+
+pub fn model_updates<'scope>(
+    scope: Scope<'scope, EventTime>,
+    follow: Stream<'scope, EventTime, Vec<DeadLetter>>,
+    feed: Option<ModelFeed>,
+    stats: Arc<RunStats>,
+) -> Stream<'scope, EventTime, Vec<ModelUpdate>> {
+    let worker = scope.worker().clone();
+    follow
+        .unary_frontier(Pipeline, "ModelUpdates", move |capability, info| {
+            let mut feed = feed;
+            if let Some(feed) = &feed {
+                *feed.waker.lock().expect("never poisoned") = Some(worker.sync_activator_for(info.address.to_vec()));
+            }
+            let mut initial = feed.as_mut().map(|f| std::mem::take(&mut f.initial)).unwrap_or_default();
+            // Workers without the feed hold nothing back.
+            let mut capability = feed.is_some().then_some(capability);
+            move |(input, frontier), output| {
+                input.for_each(|_, data| data.clear());
+                let Some(cap) = capability.as_mut() else { return };
+                if !initial.is_empty() {
+                    for update in &initial {
+                        stats.model_version.with_label_values(&[&update.name]).set(update.version as i64);
+                    }
+                    output.session(&*cap).give_iterator(initial.drain(..));
+                }
+                if let Some(feed) = &feed {
+                    while let Ok(update) = feed.updates.try_recv() {
+                        let now = *cap.time();
+                        let effective = update.artifact().ok().and_then(|a| a.effective_from).unwrap_or(now);
+                        let at = effective.max(now);
+                        if effective < now {
+                            tracing::warn!(model = %update.name, version = update.version, effective_from = effective, applied_from = at,
+                                "model version arrived after its effective time: applied from the current frontier");
+                        }
+                        tracing::info!(model = %update.name, version = update.version, event_time = at, "switching model version");
+                        stats.model_version.with_label_values(&[&update.name]).set(update.version as i64);
+                        stats.model_switches.inc();
+                        output.session(&cap.delayed(&at)).give(update);
+                    }
+                }
+                match frontier.frontier().iter().min() {
+                    Some(&t) if t > *cap.time() => cap.downgrade(&t),
+                    Some(_) => {}
+                    None => capability = None,
+                }
+            }
+        })
+        .broadcast()
+}
