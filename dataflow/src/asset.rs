@@ -9,17 +9,16 @@
 //!
 //! Models arrive on their own stream ([`crate::model_stream`]), broadcast: an update at time
 //! `t` is applied before any reading at `t` or later, on every worker, so the switch is the same
-//! for any number of workers. Late readings skip the stage's state (as they skip the sensor
+//! for any number of workers. Buckets that end before `t` are scored by the old version; a
+//! bucket that straddles `t` (an `effective_from` off a bucket boundary) completes after the
+//! switch and is scored by the new one. Late readings skip the stage's state (as they skip the sensor
 //! detectors) and pass straight through.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use millstream_events::event_id::event_id;
-use millstream_events::{
-    Anomaly, CompactString, Episode, EpisodeState, EventTime, ReadingRow, Severity, SinkEvent,
-};
-use millstream_operators::episode::{EpisodeTracker, Transition};
+use millstream_events::{CompactString, EventTime, ReadingRow, Severity, SinkEvent};
+use millstream_operators::episode::EpisodeTracker;
 use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
 use millstream_operators::kmeans;
 use millstream_operators::model::{ModelArtifact, KMEANS_DETECTOR};
@@ -30,6 +29,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::models::{ModelUpdate, ModelsSettings};
+use crate::monitor::{episode_event, EpisodeEvent};
 use crate::score::RunContext;
 
 /// A model version in service.
@@ -96,6 +96,17 @@ pub fn score_assets<'scope>(
                 let next_readings = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
                 match (next_update, next_readings) {
                     (Some(u), r) if r.is_none_or(|r| u <= r) => {
+                        // Every reading before `u` is in: a bucket that ends before `u` is
+                        // complete, and is scored by the version it was aligned for.
+                        for (asset, state) in assets.iter_mut() {
+                            let Some(bucket) = state.bucket else { continue };
+                            let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
+                                continue;
+                            };
+                            if epoch(bucket + served.artifact.bucket_ms - 1, epoch_ms) < u {
+                                close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
+                            }
+                        }
                         for update in pending_updates.remove(&u).unwrap_or_default() {
                             apply(&mut models, update);
                         }
@@ -293,34 +304,21 @@ fn close_bucket(
             let top = scored.top_contributors(1).first().map_or(0, |(i, _)| *i);
             let sensor = &served.plan.defs[top].sensor;
             let value = served.plan.sensor_index(sensor).and_then(|i| values[i]).unwrap_or(0.0);
-            let opened_id = event_id("anomaly", KMEANS_DETECTOR, asset, open.started_at);
-            let (episode_state, ended_at) = match transition {
-                Transition::Opened => (EpisodeState::Opened, None),
-                Transition::Escalated => (EpisodeState::Escalated, None),
-                Transition::Closed { ended_at } => (EpisodeState::Closed, Some(ended_at)),
-            };
-            let anomaly = Anomaly {
-                event_id: match episode_state {
-                    EpisodeState::Opened => opened_id.clone(),
-                    other => event_id(&format!("anomaly:{}", other.as_str()), KMEANS_DETECTOR, asset, bucket),
-                },
-                sensor_id: format!("{asset}/{sensor}"),
-                asset_id: asset.to_owned(),
+            let anomaly = episode_event(EpisodeEvent {
+                detector: KMEANS_DETECTOR,
+                subject: asset,
+                sensor_id: &format!("{asset}/{sensor}"),
+                asset_id: asset,
                 ts: bucket,
                 value,
                 score: scored.score,
                 severity: open.severity,
-                detector: KMEANS_DETECTOR.to_owned(),
+                started_at: open.started_at,
+                peak_score: open.peak_score,
+                transition,
                 model_version: Some(served.label.clone()),
-                explanation: Some(kmeans::explain(&served.artifact, scored, 3)),
-                episode: Some(Episode {
-                    episode_id: opened_id,
-                    state: episode_state,
-                    started_at: open.started_at,
-                    ended_at,
-                    peak_score: open.peak_score.max(scored.score),
-                }),
-            };
+                explanation: kmeans::explain(&served.artifact, scored, 3),
+            });
             context.stats.record_anomaly(&anomaly);
             out.push(SinkEvent::Anomaly(anomaly));
         }

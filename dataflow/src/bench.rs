@@ -16,12 +16,11 @@ use millstream_connectors::simulate::SimPayload;
 use millstream_connectors::simulate::{Simulator, SimulatorConfig};
 use millstream_events::decode::{decode_json, trim_line_end};
 use millstream_events::{DeadLetter, Reading, SourceLocation, Watermark};
-use millstream_operators::sensor::{Outcome, SensorState};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
-use crate::score::anomalies_of;
+use crate::monitor::{Observed, SensorMonitor};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -200,8 +199,9 @@ fn time_children(exe: &Path, argv: &[String], copies: usize) -> anyhow::Result<(
     Ok((started.elapsed().as_secs_f64(), peak))
 }
 
-/// The same work as the dataflow, in one loop: decode, file-order lateness, duplicates,
-/// robust scoring, and rendering of anomalies and dead letters (then discarded, like `null`).
+/// The same work as the dataflow's sensor stage, in one loop: decode, file-order lateness,
+/// validation, duplicates, robust scoring and episodes, and rendering of anomalies and dead
+/// letters (then discarded, like `null`).
 pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
     let config = PipelineConfig::default();
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -209,7 +209,9 @@ pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
     let map = unsafe { memmap2::Mmap::map(&file) }?;
     let mut watermark = Watermark::new(config.allowed_lateness_ms);
     let mut index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
-    let mut sensors: Vec<SensorState> = Vec::new();
+    let mut sensors: Vec<SensorMonitor> = Vec::new();
+    let mut anomalies = Vec::new();
+    let now = millstream_events::time::now_ms();
     let mut report = LoopReport { lines: 0, scored: 0, anomalies: 0, dead_letters: 0 };
     let mut rendered = 0usize;
     let bytes: &[u8] = &map;
@@ -238,32 +240,24 @@ pub fn hand_written_loop(path: &Path) -> anyhow::Result<LoopReport> {
             Some(&s) => s,
             None => {
                 index.insert(reading.sensor_id.clone(), sensors.len() as u32);
-                sensors.push(SensorState::default());
+                sensors.push(SensorMonitor::new(&reading.sensor_id, &config));
                 sensors.len() as u32 - 1
             }
         };
-        match sensors[slot as usize].process(
-            reading.ts,
-            reading.value,
-            late,
-            config.late_policy,
-            &config.detector,
-            &config.stuck,
-        ) {
-            Outcome::Scored { verdict, stuck } => {
-                report.scored += 1;
-                for anomaly in anomalies_of(&reading, &verdict, stuck, &config.stuck) {
-                    report.anomalies += 1;
-                    rendered += serde_json::to_string(&anomaly)?.len();
-                }
-            }
-            Outcome::LateKept => {}
-            Outcome::Rejected(reason) => {
+        let observed = sensors[slot as usize].observe(&reading, late, now, &config, &mut anomalies);
+        for anomaly in anomalies.drain(..) {
+            report.anomalies += 1;
+            rendered += serde_json::to_string(&anomaly)?.len();
+        }
+        match observed {
+            Observed::Scored { .. } => report.scored += 1,
+            Observed::LateKept | Observed::Flagged(_) => {}
+            Observed::Rejected { reason, detail } => {
                 // As the dataflow does: the raw line and its location, rendered.
                 report.dead_letters += 1;
                 let dead = DeadLetter {
                     reason,
-                    detail: reason.as_str().to_owned(),
+                    detail: detail.unwrap_or_else(|| reason.as_str().to_owned()),
                     raw: String::from_utf8_lossy(line).into_owned(),
                     source: SourceLocation::File { file: path.display().to_string(), line: report.lines },
                 };

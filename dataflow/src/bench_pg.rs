@@ -111,6 +111,7 @@ fn simulated_rows(rows: usize) -> Vec<ReadingRow> {
             value: r.value,
             score: 0.0,
             late: false,
+            quality: 0,
         })
         .collect()
 }

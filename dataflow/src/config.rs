@@ -31,6 +31,15 @@ pub struct PipelineConfig {
     pub detector: RobustZConfig,
     /// The stuck-sensor rule.
     pub stuck: StuckConfig,
+    /// A sensor that sends nothing for this long (event time, as the frontier sees it) opens
+    /// a `silence` health episode, closed by its next reading; 0 turns the rule off.
+    pub silence_ms: u64,
+    /// Hysteresis of the per-sensor episodes (robust_z): an episode opens at the detector's
+    /// low-severity threshold and closes after the score stayed below `close_score` this long.
+    pub episodes: millstream_operators::episode::EpisodeConfig,
+    /// The sensor registry (the `[validation]` section, copied here by `run`).
+    #[serde(skip)]
+    pub validation: std::sync::Arc<millstream_operators::validate::Registry>,
 }
 
 impl Default for PipelineConfig {
@@ -42,6 +51,9 @@ impl Default for PipelineConfig {
             emit_scores: false,
             detector: RobustZConfig::default(),
             stuck: StuckConfig::default(),
+            silence_ms: 300_000,
+            episodes: millstream_operators::episode::EpisodeConfig::default(),
+            validation: Default::default(),
         }
     }
 }
@@ -185,6 +197,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub kafka: crate::kafka_settings::KafkaSettings,
     pub models: crate::models::ModelsSettings,
+    /// The sensor registry: plausibility checks per sensor kind and per sensor.
+    pub validation: millstream_operators::validate::Registry,
     pub log: LogSettings,
 }
 
@@ -237,7 +251,9 @@ impl Settings {
                 .unwrap_or(toml::Value::String(value));
             figment = figment.merge(Serialized::default(&path, value));
         }
-        figment.extract().map_err(|e| ConfigError::Invalid(describe(&e)))
+        let settings: Settings = figment.extract().map_err(|e| ConfigError::Invalid(describe(&e)))?;
+        settings.validation.validate().map_err(|e| ConfigError::Invalid(format!("[validation] {e}")))?;
+        Ok(settings)
     }
 
     /// The effective configuration as TOML, secrets shown as `***`.

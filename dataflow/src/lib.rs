@@ -20,6 +20,7 @@ pub mod kafka_settings;
 pub mod kafka_sink;
 pub mod model_stream;
 pub mod models;
+pub mod monitor;
 pub mod pg_sink;
 pub mod produce;
 pub mod render;

@@ -210,7 +210,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     let _ = config; // loaded above
     let config_text = settings.to_redacted_toml();
-    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, models, log: _ } = settings;
+    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, models, validation, log: _ } =
+        settings;
+    pipeline.validation = Arc::new(validation);
     let admin = millstream::http::Admin { token: admin.resolve_token()?, config: config_text };
     let source = match (source, run_settings.source) {
         (Some(source), _) => source,

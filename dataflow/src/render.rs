@@ -14,6 +14,13 @@ pub fn render(event: &SinkEvent, emit_scores: bool) -> Option<OutputLine> {
                 value: r.value,
                 score: r.score,
                 late: r.late,
+                flags: match r.quality {
+                    0 => Vec::new(),
+                    bits => millstream_operators::validate::QualityFlags::from_bits(bits)
+                        .names()
+                        .map(str::to_owned)
+                        .collect(),
+                },
             };
             OutputLine { kind: OutputKind::Score, json: to_json(&scored) }
         }),

@@ -5,12 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use millstream_connectors::RecordResolver;
-use millstream_events::event_id::event_id;
-use millstream_events::{
-    Accepted, Anomaly, DeadLetter, EventTime, Origin, Reading, ReadingRow, Reason, Severity, SinkEvent,
-};
-use millstream_operators::detector::{explain, RobustZ, Verdict};
-use millstream_operators::sensor::{Outcome, SensorState, StuckConfig, STUCK_DETECTOR};
+use millstream_events::{Accepted, Anomaly, DeadLetter, EventTime, Origin, ReadingRow, Reason, SinkEvent};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -18,6 +13,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::config::PipelineConfig;
+use crate::monitor::{Observed, SensorMonitor};
 use crate::stats::RunStats;
 
 /// Everything the stage (and the sinks after it) need besides the input: settings, the raw-text
@@ -62,10 +58,16 @@ pub fn score_readings<'scope>(
     let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
     accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
         let mut sensor_index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
-        let mut sensors: Vec<SensorState> = Vec::new();
+        let mut sensors: Vec<Sensor> = Vec::new();
         let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
+        // Silence: per deadline (last reading + silence_ms), the sensors that fall silent then
+        // unless they speak first; and a capability to announce it at the earliest deadline.
+        let mut deadlines: BTreeMap<EventTime, Vec<u32>> = BTreeMap::new();
+        let mut deadline_capability: Option<Capability<EventTime>> = None;
+        let silence_ms = context.config.silence_ms;
         let mut events: Vec<SinkEvent> = Vec::new();
+        let mut anomalies: Vec<Anomaly> = Vec::new();
         let mut order: Vec<(u32, EventTime, Origin, u32)> = Vec::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
@@ -80,96 +82,158 @@ pub fn score_readings<'scope>(
                         None => {
                             let i = sensors.len() as u32;
                             sensor_index.insert(accepted.reading.sensor_id.clone(), i);
-                            sensors.push(SensorState::default());
+                            sensors.push(Sensor {
+                                monitor: SensorMonitor::new(&accepted.reading.sensor_id, &context.config),
+                                sensor_id: accepted.reading.sensor_id.clone(),
+                                asset_id: accepted.reading.asset_id.clone(),
+                            });
                             i
                         }
                     };
                     bucket.push((index, accepted));
                 }
             });
-            let Some(cap) = capability.as_mut() else { return };
             let frontier = frontier.frontier();
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                if frontier.less_equal(&time) {
-                    break;
+            if let Some(cap) = capability.as_mut() {
+                let now = millstream_events::time::now_ms();
+                while let Some(entry) = pending.first_entry() {
+                    let time = *entry.key();
+                    if frontier.less_equal(&time) {
+                        break;
+                    }
+                    let group = entry.remove();
+                    // Per sensor, by event time, ties by where the reading was read: the first
+                    // copy of an exact repeat is the one kept. Sort small keys, not the records:
+                    // with several workers an epoch's records arrive interleaved from every source.
+                    order.clear();
+                    order.extend(
+                        group
+                            .iter()
+                            .enumerate()
+                            .map(|(pos, (i, a))| (*i, a.reading.ts, a.origin, pos as u32)),
+                    );
+                    if !order.is_sorted() {
+                        order.sort_unstable();
+                    }
+                    let mut scored = 0;
+                    for &(index, _, _, pos) in &order {
+                        let sensor = &mut sensors[index as usize].monitor;
+                        let accepted = &group[pos as usize].1;
+                        let before = sensor.last_ts();
+                        scored += process(sensor, accepted, time, now, &context, &mut events, &mut anomalies);
+                        if silence_ms > 0 && sensor.last_ts() != before {
+                            if let Some(last) = sensor.last_ts() {
+                                let deadline = last + silence_ms;
+                                if deadline_capability.as_ref().is_none_or(|c| deadline < *c.time()) {
+                                    deadline_capability = Some(cap.delayed(&deadline));
+                                }
+                                deadlines.entry(deadline).or_default().push(index);
+                            }
+                        }
+                    }
+                    context.stats.readings.inc_by(group.len() as u64);
+                    context.stats.scored.inc_by(scored);
+                    if !events.is_empty() {
+                        output.session(&cap.delayed(&time)).give_iterator(events.drain(..));
+                    }
                 }
-                let group = entry.remove();
-                // Per sensor, by event time, ties by where the reading was read: the first copy
-                // of an exact repeat is the one kept. Sort small keys, not the records: with
-                // several workers an epoch's records arrive interleaved from every source.
-                order.clear();
-                order.extend(
-                    group.iter().enumerate().map(|(pos, (i, a))| (*i, a.reading.ts, a.origin, pos as u32)),
-                );
-                if !order.is_sorted() {
-                    order.sort_unstable();
-                }
-                let mut scored = 0;
-                for &(index, _, _, pos) in &order {
-                    let sensor = &mut sensors[index as usize];
-                    scored += process(sensor, &group[pos as usize].1, time, &context, &mut events);
-                }
-                context.stats.readings.inc_by(group.len() as u64);
-                context.stats.scored.inc_by(scored);
-                if !events.is_empty() {
-                    output.session(&cap.delayed(&time)).give_iterator(events.drain(..));
+                match pending.first_key_value() {
+                    Some((&time, _)) => cap.downgrade(&time),
+                    None => capability = None,
                 }
             }
-            match pending.first_key_value() {
-                Some((&time, _)) => cap.downgrade(&time),
-                None => capability = None,
+            // Sensors whose deadline the frontier has passed, without a newer reading, are
+            // silent. At the end of a finite input (an empty frontier) nobody falls silent.
+            if frontier.is_empty() {
+                deadlines.clear();
+                deadline_capability = None;
+            }
+            if let Some(cap) = deadline_capability.as_mut() {
+                while let Some(entry) = deadlines.first_entry() {
+                    let deadline = *entry.key();
+                    if frontier.less_equal(&deadline) {
+                        break;
+                    }
+                    for index in entry.remove() {
+                        let sensor = &mut sensors[index as usize];
+                        if sensor.monitor.last_ts().map(|t| t + silence_ms) != Some(deadline) {
+                            continue; // it spoke since
+                        }
+                        if let Some(event) = sensor.monitor.fall_silent(
+                            &sensor.sensor_id,
+                            &sensor.asset_id,
+                            deadline,
+                            silence_ms,
+                        ) {
+                            context.stats.record_anomaly(&event);
+                            output.session(&cap.delayed(&deadline)).give(SinkEvent::Anomaly(event));
+                        }
+                    }
+                }
+                match deadlines.first_key_value() {
+                    Some((&deadline, _)) => cap.downgrade(&deadline),
+                    None => deadline_capability = None,
+                }
             }
         }
     })
 }
 
+/// One sensor of the stage.
+struct Sensor {
+    monitor: SensorMonitor,
+    sensor_id: millstream_events::CompactString,
+    asset_id: millstream_events::CompactString,
+}
+
 fn process(
-    state: &mut SensorState,
+    sensor: &mut SensorMonitor,
     accepted: &Accepted,
     time: EventTime,
+    now: EventTime,
     context: &RunContext,
     events: &mut Vec<SinkEvent>,
+    anomalies: &mut Vec<Anomaly>,
 ) -> u64 {
     let config = &context.config;
     let reading = &accepted.reading;
-    let outcome = state.process(
-        reading.ts,
-        reading.value,
-        accepted.late,
-        config.late_policy,
-        &config.detector,
-        &config.stuck,
-    );
-    match outcome {
-        Outcome::Scored { verdict, stuck } => {
+    let observed = sensor.observe(reading, accepted.late, now, config, anomalies);
+    for anomaly in anomalies.drain(..) {
+        context.stats.record_anomaly(&anomaly);
+        events.push(SinkEvent::Anomaly(anomaly));
+    }
+    match observed {
+        Observed::Scored { score } => {
             if context.readings_leave_sensor_stage() {
-                events.push(reading_event(accepted, verdict.score, false));
-            }
-            for anomaly in anomalies_of(reading, &verdict, stuck, &config.stuck) {
-                context.stats.record_anomaly(&anomaly);
-                events.push(SinkEvent::Anomaly(anomaly));
+                events.push(reading_event(accepted, score, false, 0));
             }
             return 1;
         }
-        Outcome::LateKept => {
-            context.stats.late_kept.inc();
+        Observed::Flagged(flags) => {
+            context.stats.flagged.inc();
             if context.readings_leave_sensor_stage() {
-                events.push(reading_event(accepted, 0.0, true));
+                events.push(reading_event(accepted, 0.0, accepted.late, flags.bits()));
             }
         }
-        Outcome::Rejected(reason) => {
-            let detail = match reason {
-                Reason::Duplicate => {
+        Observed::LateKept => {
+            context.stats.late_kept.inc();
+            if context.readings_leave_sensor_stage() {
+                events.push(reading_event(accepted, 0.0, true, 0));
+            }
+        }
+        Observed::Rejected { reason, detail } => {
+            let detail = match (reason, detail) {
+                (_, Some(detail)) => detail,
+                (Reason::Duplicate, None) => {
                     "exact repeat of an earlier reading (same sensor_id, ts and value)".to_owned()
                 }
-                Reason::Late => format!(
+                (Reason::Late, None) => format!(
                     "ts {} is older than the watermark {} (allowed lateness {} ms)",
                     millstream_events::time::format_rfc3339_millis(reading.ts),
                     millstream_events::time::format_rfc3339_millis(time),
                     config.allowed_lateness_ms
                 ),
-                other => other.as_str().to_owned(),
+                (other, None) => other.as_str().to_owned(),
             };
             let dead = DeadLetter {
                 reason,
@@ -184,36 +248,7 @@ fn process(
     0
 }
 
-/// The anomaly events one scored reading raises: a robust-z outlier, a stuck sensor, or both.
-pub fn anomalies_of(reading: &Reading, verdict: &Verdict, stuck: bool, rule: &StuckConfig) -> Vec<Anomaly> {
-    let mut out = Vec::new();
-    let event = |detector: &str, score: f64, severity: Severity, explanation: String| Anomaly {
-        event_id: event_id("anomaly", detector, &reading.sensor_id, reading.ts),
-        sensor_id: reading.sensor_id.to_string(),
-        asset_id: reading.asset_id.to_string(),
-        ts: reading.ts,
-        value: reading.value,
-        score,
-        severity,
-        detector: detector.to_owned(),
-        model_version: None,
-        explanation: Some(explanation),
-        episode: None,
-    };
-    if let Some(severity) = verdict.severity {
-        out.push(event(RobustZ::NAME, verdict.score, severity, explain(verdict, reading.value)));
-    }
-    if stuck {
-        let why = format!("value {} repeated exactly {} times in a row", reading.value, rule.repeats);
-        out.push(event(STUCK_DETECTOR, STUCK_SCORE, Severity::Medium, why));
-    }
-    out
-}
-
-/// Score of a stuck-sensor event: certain, but not as urgent as an extreme outlier.
-const STUCK_SCORE: f64 = 0.8;
-
-fn reading_event(accepted: &Accepted, score: f64, late: bool) -> SinkEvent {
+fn reading_event(accepted: &Accepted, score: f64, late: bool, quality: u8) -> SinkEvent {
     let r = &accepted.reading;
     SinkEvent::Reading(ReadingRow {
         sensor_id: r.sensor_id.clone(),
@@ -223,5 +258,6 @@ fn reading_event(accepted: &Accepted, score: f64, late: bool) -> SinkEvent {
         value: r.value,
         score,
         late,
+        quality,
     })
 }

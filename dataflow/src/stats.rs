@@ -21,6 +21,8 @@ pub struct RunStats {
     pub scored: IntCounter,
     /// Late readings kept with the `late` flag.
     pub late_kept: IntCounter,
+    /// Readings kept with validation quality flags (out of range, rate of change), not scored.
+    pub flagged: IntCounter,
     anomalies: IntCounterVec,
     dead_letters: Vec<IntCounter>,
     /// Records made durable by a sink (lines written, rows committed), by sink.
@@ -144,6 +146,13 @@ impl RunStats {
             scored: register(
                 r,
                 IntCounter::new("millstream_readings_scored_total", "Readings scored by the detector."),
+            ),
+            flagged: register(
+                r,
+                IntCounter::new(
+                    "millstream_readings_flagged_total",
+                    "Readings kept with validation quality flags, not scored.",
+                ),
             ),
             late_kept: register(
                 r,

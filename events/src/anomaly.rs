@@ -121,4 +121,7 @@ pub struct ScoredReading {
     /// Present and true only for readings older than the watermark.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+    /// Quality flags from validation (`out_of_range`, `rate_of_change`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }

@@ -52,6 +52,9 @@ pub struct ReadingRow {
     /// In `[0, 1]`; 0 for late readings.
     pub score: f64,
     pub late: bool,
+    /// Quality flags set by validation (a bit set; the names belong to the validator). A
+    /// flagged reading is kept but not scored.
+    pub quality: u8,
 }
 
 /// The current statistics of one sensor over one minute (a `readings_1m` row).

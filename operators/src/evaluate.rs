@@ -1,6 +1,7 @@
 //! Scoring detections against injected faults, for `millstream demo`.
 //!
-//! A fault's window is `start..=end + grace` on its own sensor. A fault is detected when an
+//! Anomalies are counted by episode: the event that opened it (escalations and closings of the
+//! same episode are not new alarms). A fault's window is `start..=end + grace` on its own sensor. A fault is detected when an
 //! anomaly of that sensor falls in its window; its delay is the first such anomaly's time less
 //! the fault's start. An anomaly is true when it falls in the window of any fault of its sensor.
 //! The rule is the same for every kind: a stuck sensor or a dropout counts as detected by any
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use millstream_events::fault::{FaultKind, InjectedFault};
-use millstream_events::{Anomaly, EventTime};
+use millstream_events::{Anomaly, EpisodeState, EventTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvaluationConfig {
@@ -100,11 +101,17 @@ pub struct Evaluation {
 
 /// Scores `anomalies` against the ground truth `faults`.
 pub fn evaluate(faults: &[InjectedFault], anomalies: &[Anomaly], config: &EvaluationConfig) -> Evaluation {
+    // An episode counts once, by the event that opened it; escalations and closings are
+    // updates of the same alarm, not new ones.
+    let anomalies: Vec<&Anomaly> = anomalies
+        .iter()
+        .filter(|a| a.episode.as_ref().is_none_or(|e| e.state == EpisodeState::Opened))
+        .collect();
     let window_end = |f: &InjectedFault| f.end.saturating_add(config.grace_ms);
 
     // Anomaly times per sensor, sorted, to find each fault's first detection.
     let mut times: HashMap<&str, Vec<EventTime>> = HashMap::new();
-    for a in anomalies {
+    for a in &anomalies {
         times.entry(a.sensor_id.as_str()).or_default().push(a.ts);
     }
     for ts in times.values_mut() {

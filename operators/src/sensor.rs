@@ -32,17 +32,21 @@ impl std::str::FromStr for LatePolicy {
 }
 
 /// The stuck-sensor rule: a sensor that used to vary and then repeats exactly the same value
-/// this many readings in a row is stuck.
+/// `repeats` readings in a row, or for `duration_ms` of event time, is stuck until its value
+/// changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StuckConfig {
-    /// Consecutive identical readings that make a stuck sensor; 0 turns the rule off.
+    /// Consecutive identical readings that make a stuck sensor; 0 turns this rule off.
     pub repeats: u32,
+    /// A flat line this long (ms of event time, at least two readings) makes a stuck sensor;
+    /// 0 turns this rule off.
+    pub duration_ms: u64,
 }
 
 impl Default for StuckConfig {
     fn default() -> Self {
-        StuckConfig { repeats: 30 }
+        StuckConfig { repeats: 30, duration_ms: 0 }
     }
 }
 
@@ -64,8 +68,11 @@ pub struct SensorState {
     recent: [(EventTime, u64); RECENT],
     recent_len: usize,
     recent_next: usize,
-    /// Length of the current run of identical values.
+    /// Length of the current run of identical values, and the event time it began.
     repeat_run: u32,
+    repeat_since: EventTime,
+    /// The current run was found stuck.
+    stuck: bool,
 }
 
 impl Default for SensorState {
@@ -78,6 +85,8 @@ impl Default for SensorState {
             recent_len: 0,
             recent_next: 0,
             repeat_run: 0,
+            repeat_since: 0,
+            stuck: false,
         }
     }
 }
@@ -86,8 +95,8 @@ impl Default for SensorState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Scored by the detector (its state updated). `stuck` is true on the reading that
-    /// completes a stuck run (once per run).
-    Scored { verdict: Verdict, stuck: bool },
+    /// completes a stuck run (once per run), `unstuck` on the first reading after a stuck run.
+    Scored { verdict: Verdict, stuck: bool, unstuck: bool },
     /// Late and kept: flagged, not scored.
     LateKept,
     /// Refused: `duplicate`, or `late` under [`LatePolicy::DeadLetter`].
@@ -133,11 +142,20 @@ impl SensorState {
         }
         self.remember(ts, bits);
         let repeat = self.detector.count() > 0 && self.detector.last_value() == Some(value);
-        self.repeat_run = if repeat { self.repeat_run.saturating_add(1) } else { 1 };
+        let unstuck = !repeat && std::mem::take(&mut self.stuck);
+        if repeat {
+            self.repeat_run = self.repeat_run.saturating_add(1);
+        } else {
+            self.repeat_run = 1;
+            self.repeat_since = ts;
+        }
         let noisy = self.detector.has_noise(detector);
         let verdict = self.detector.observe(value, detector);
-        let stuck = stuck.repeats > 0 && self.repeat_run == stuck.repeats && noisy;
-        Outcome::Scored { verdict, stuck }
+        let long = (stuck.repeats > 0 && self.repeat_run >= stuck.repeats)
+            || (stuck.duration_ms > 0 && self.repeat_run >= 2 && ts - self.repeat_since >= stuck.duration_ms);
+        let began = long && noisy && !self.stuck;
+        self.stuck |= began;
+        Outcome::Scored { verdict, stuck: began, unstuck }
     }
 
     pub fn detector(&self) -> &RobustZ {

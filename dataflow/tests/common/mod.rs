@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: run the real binary, build inputs, read outputs.
 #![allow(dead_code)]
 
+pub mod models;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

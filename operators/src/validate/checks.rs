@@ -30,6 +30,11 @@ impl QualityFlags {
     }
 
     /// The raw bits (one per flag).
+    /// The flags of `bits` (unknown bits are dropped).
+    pub const fn from_bits(bits: u8) -> QualityFlags {
+        QualityFlags(bits & (Self::OUT_OF_RANGE.0 | Self::RATE_OF_CHANGE.0))
+    }
+
     pub const fn bits(self) -> u8 {
         self.0
     }
