@@ -31,6 +31,8 @@ pub struct PipelineConfig {
     pub detector: RobustZConfig,
     /// The stuck-sensor rule.
     pub stuck: StuckConfig,
+    /// The per-sensor sustained-shift detector (CUSUM on robust_z's residuals).
+    pub cusum: millstream_operators::cusum::CusumConfig,
     /// A sensor that sends nothing for this long (event time, as the frontier sees it) opens
     /// a `silence` health episode, closed by its next reading; 0 turns the rule off.
     pub silence_ms: u64,
@@ -51,7 +53,8 @@ impl Default for PipelineConfig {
             emit_scores: false,
             detector: RobustZConfig::default(),
             stuck: StuckConfig::default(),
-            silence_ms: 300_000,
+            cusum: Default::default(),
+            silence_ms: 60_000,
             episodes: millstream_operators::episode::EpisodeConfig::default(),
             validation: Default::default(),
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use millstream_events::event_id::event_id;
 use millstream_events::{Anomaly, Episode, EpisodeState, EventTime, Reading, Reason, Severity};
+use millstream_operators::cusum::{Cusum, CUSUM_DETECTOR};
 use millstream_operators::detector::{explain, RobustZ};
 use millstream_operators::episode::{EpisodeTracker, Transition};
 use millstream_operators::sensor::{Outcome, SensorState, STUCK_DETECTOR};
@@ -46,7 +47,10 @@ pub struct SensorMonitor {
     state: SensorState,
     rules: Option<Arc<SensorRules>>,
     validation: ValidationState,
-    robust: EpisodeTracker,
+    cusum: Cusum,
+    /// The sensor's anomaly episode, and the detector that opened it.
+    anomaly: EpisodeTracker,
+    anomaly_detector: &'static str,
     stuck: Option<HealthEpisode>,
     silent: Option<HealthEpisode>,
     /// The newest on-time reading: its time and value.
@@ -59,7 +63,9 @@ impl SensorMonitor {
             state: SensorState::default(),
             rules: config.validation.rules_for(sensor_id),
             validation: ValidationState::new(),
-            robust: EpisodeTracker::default(),
+            cusum: Cusum::default(),
+            anomaly: EpisodeTracker::default(),
+            anomaly_detector: RobustZ::NAME,
             stuck: None,
             silent: None,
             last: None,
@@ -140,29 +146,50 @@ impl SensorMonitor {
                     };
                     out.push(health_event(STUCK_DETECTOR, reading, episode, None, &why));
                 }
-                let before = self.robust.current().copied();
-                if let Some(transition) =
-                    self.robust.observe(reading.ts, verdict.score, verdict.severity, &config.episodes)
-                {
+                // One anomaly episode per sensor, whichever detector sees it: robust_z (outliers)
+                // or cusum (sustained shifts). It opens when either is hot, stays open while
+                // either is warm, and is named after the detector that opened it.
+                let shift = (config.cusum.enabled
+                    && self.state.detector().count() > u64::from(config.detector.warmup))
+                .then(|| self.cusum.observe(verdict.z, &config.cusum));
+                let shift_score = shift.map_or(0.0, |s| s.score);
+                let score = verdict.score.max(shift_score);
+                let hot = verdict.severity.max(shift.and_then(|s| s.severity));
+                let before = self.anomaly.current().copied();
+                if let Some(transition) = self.anomaly.observe(reading.ts, score, hot, &config.episodes) {
+                    if transition == Transition::Opened {
+                        self.anomaly_detector =
+                            if verdict.severity.is_some() { RobustZ::NAME } else { CUSUM_DETECTOR };
+                    }
                     let open =
-                        self.robust.current().copied().or(before).expect("a transition has an episode");
+                        self.anomaly.current().copied().or(before).expect("a transition has an episode");
+                    let explanation = match shift {
+                        Some(shift) if verdict.severity.is_none() => format!(
+                            "sustained shift {}: CUSUM {:.1} (threshold {}) against baseline {:.4}",
+                            if shift.direction > 0.0 { "up" } else { "down" },
+                            shift.sum,
+                            config.cusum.threshold,
+                            verdict.baseline
+                        ),
+                        _ => explain(&verdict, reading.value),
+                    };
                     out.push(episode_event(EpisodeEvent {
-                        detector: RobustZ::NAME,
+                        detector: self.anomaly_detector,
                         subject: &reading.sensor_id,
                         sensor_id: &reading.sensor_id,
                         asset_id: &reading.asset_id,
                         ts: reading.ts,
                         value: reading.value,
-                        score: verdict.score,
+                        score,
                         severity: open.severity,
                         started_at: open.started_at,
                         peak_score: open.peak_score,
                         transition,
                         model_version: None,
-                        explanation: explain(&verdict, reading.value),
+                        explanation,
                     }));
                 }
-                Observed::Scored { score: verdict.score }
+                Observed::Scored { score }
             }
             Outcome::LateKept => Observed::LateKept,
             Outcome::Rejected(reason) => Observed::Rejected { reason, detail: None },

@@ -102,6 +102,17 @@ pub fn score_readings<'scope>(
                         break;
                     }
                     let group = entry.remove();
+                    // Deadlines before this time have passed for every sensor of this worker:
+                    // announce them before the readings that follow them.
+                    fire_deadlines(
+                        time,
+                        &mut deadlines,
+                        &mut deadline_capability,
+                        &mut sensors,
+                        silence_ms,
+                        &context,
+                        output,
+                    );
                     // Per sensor, by event time, ties by where the reading was read: the first
                     // copy of an exact repeat is the one kept. Sort small keys, not the records:
                     // with several workers an epoch's records arrive interleaved from every source.
@@ -148,35 +159,60 @@ pub fn score_readings<'scope>(
                 deadlines.clear();
                 deadline_capability = None;
             }
-            if let Some(cap) = deadline_capability.as_mut() {
-                while let Some(entry) = deadlines.first_entry() {
-                    let deadline = *entry.key();
-                    if frontier.less_equal(&deadline) {
-                        break;
-                    }
-                    for index in entry.remove() {
-                        let sensor = &mut sensors[index as usize];
-                        if sensor.monitor.last_ts().map(|t| t + silence_ms) != Some(deadline) {
-                            continue; // it spoke since
-                        }
-                        if let Some(event) = sensor.monitor.fall_silent(
-                            &sensor.sensor_id,
-                            &sensor.asset_id,
-                            deadline,
-                            silence_ms,
-                        ) {
-                            context.stats.record_anomaly(&event);
-                            output.session(&cap.delayed(&deadline)).give(SinkEvent::Anomaly(event));
-                        }
-                    }
-                }
-                match deadlines.first_key_value() {
-                    Some((&deadline, _)) => cap.downgrade(&deadline),
-                    None => deadline_capability = None,
-                }
+            if let Some(&bound) = frontier.first() {
+                fire_deadlines(
+                    bound,
+                    &mut deadlines,
+                    &mut deadline_capability,
+                    &mut sensors,
+                    silence_ms,
+                    &context,
+                    output,
+                );
             }
         }
     })
+}
+
+/// Announces the sensors whose silence deadline lies before `bound` (all times before it are
+/// complete) and that have not spoken since; then holds the deadline capability at the next
+/// deadline.
+fn fire_deadlines(
+    bound: EventTime,
+    deadlines: &mut BTreeMap<EventTime, Vec<u32>>,
+    deadline_capability: &mut Option<Capability<EventTime>>,
+    sensors: &mut [Sensor],
+    silence_ms: u64,
+    context: &RunContext,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        EventTime,
+        timely::container::CapacityContainerBuilder<Vec<SinkEvent>>,
+    >,
+) {
+    let Some(cap) = deadline_capability.as_mut() else { return };
+    while let Some(entry) = deadlines.first_entry() {
+        let deadline = *entry.key();
+        if deadline >= bound {
+            break;
+        }
+        for index in entry.remove() {
+            let sensor = &mut sensors[index as usize];
+            if sensor.monitor.last_ts().map(|t| t + silence_ms) != Some(deadline) {
+                continue; // it spoke since
+            }
+            if let Some(event) =
+                sensor.monitor.fall_silent(&sensor.sensor_id, &sensor.asset_id, deadline, silence_ms)
+            {
+                context.stats.record_anomaly(&event);
+                output.session(&cap.delayed(&deadline)).give(SinkEvent::Anomaly(event));
+            }
+        }
+    }
+    match deadlines.first_key_value() {
+        Some((&deadline, _)) => cap.downgrade(&deadline),
+        None => *deadline_capability = None,
+    }
 }
 
 /// One sensor of the stage.

@@ -2,6 +2,7 @@
 //!
 //! No I/O and no timely here, so that everything can be unit- and property-tested.
 
+pub mod cusum;
 pub mod detector;
 pub mod episode;
 pub mod evaluate;

@@ -234,7 +234,12 @@ impl FaultPlan {
                     };
                     let touched = self.signal[sensor].iter().any(|f| f.start <= step && step <= f.end);
                     let taken = self.delivery.iter().any(|d| d.step == step && d.sensor == sensor);
-                    if !touched && !taken {
+                    // A late record is delivered while the plant still runs: one delivered after
+                    // the last sample would carry event time past the end of every sensor,
+                    // which would all look silent.
+                    let after_end = kind == Delivery::Late
+                        && step.saturating_add(LATE_DELIVERY_MS.div_ceil(config.period_ms.max(1))) >= steps;
+                    if !touched && !taken && !after_end {
                         self.delivery.push(DeliveryFault { step, sensor, kind });
                         break;
                     }
