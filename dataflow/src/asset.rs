@@ -69,7 +69,7 @@ pub fn score_assets<'scope>(
     readings.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
         let epoch_ms = context.config.epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<Served>> = FxHashMap::default();
-        let mut assets: BTreeMap<CompactString, AssetState> = BTreeMap::new();
+        let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
         let mut pending: BTreeMap<EventTime, Vec<ReadingRow>> = BTreeMap::new();
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
@@ -113,14 +113,13 @@ pub fn score_assets<'scope>(
                     }
                     (_, Some(time)) => {
                         let mut group = pending.remove(&time).unwrap_or_default();
-                        group.sort_by(|a, b| {
-                            (&a.asset_id, a.ts, &a.sensor_id, a.value.to_bits()).cmp(&(
-                                &b.asset_id,
-                                b.ts,
-                                &b.sensor_id,
-                                b.value.to_bits(),
-                            ))
-                        });
+                        // By event time only, stably: each sensor's readings come from the one
+                        // worker that owns it, already in event-time order, and readings of
+                        // different sensors add into different sums, so their relative order
+                        // changes nothing.
+                        if !group.is_sorted_by_key(|r| r.ts) {
+                            group.sort_by_key(|r| r.ts);
+                        }
                         for reading in group {
                             admit(
                                 reading,
@@ -200,7 +199,7 @@ fn apply(models: &mut FxHashMap<String, Arc<Served>>, update: ModelUpdate) {
 fn admit(
     reading: ReadingRow,
     time: EventTime,
-    assets: &mut BTreeMap<CompactString, AssetState>,
+    assets: &mut FxHashMap<CompactString, AssetState>,
     models: &FxHashMap<String, Arc<Served>>,
     settings: &ModelsSettings,
     context: &RunContext,
@@ -215,11 +214,13 @@ fn admit(
     if reading.late {
         return pass_through(reading, emit);
     }
-    if !assets.contains_key(reading.asset_id.as_str()) {
-        let model = settings.model_for(&reading.asset_id).map(str::to_owned);
-        assets.insert(reading.asset_id.clone(), AssetState::new(model));
-    }
-    let state = assets.get_mut(reading.asset_id.as_str()).expect("inserted above");
+    let state = match assets.get_mut(reading.asset_id.as_str()) {
+        Some(state) => state,
+        None => {
+            let model = settings.model_for(&reading.asset_id).map(str::to_owned);
+            assets.entry(reading.asset_id.clone()).or_insert(AssetState::new(model))
+        }
+    };
     let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
         return pass_through(reading, emit);
     };

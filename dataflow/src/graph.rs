@@ -34,6 +34,7 @@ pub fn build<'scope>(
     let time = TimeModel {
         allowed_lateness_ms: context.config.allowed_lateness_ms,
         epoch_ms: context.config.epoch_ms,
+        max_future_ms: context.config.validation.max_future_ms,
     };
     let probe = ProbeHandle::new();
     let mut kafka = None;

@@ -55,6 +55,9 @@ pub struct SensorMonitor {
     silent: Option<HealthEpisode>,
     /// The newest on-time reading: its time and value.
     last: Option<(EventTime, f64)>,
+    /// The newest on-time reading heard, valid or not: a sensor sending readings that fail
+    /// validation is misbehaving, not silent.
+    heard: Option<EventTime>,
 }
 
 impl SensorMonitor {
@@ -69,12 +72,13 @@ impl SensorMonitor {
             stuck: None,
             silent: None,
             last: None,
+            heard: None,
         }
     }
 
-    /// The newest on-time reading's event time.
+    /// The newest on-time reading's event time, valid or not (what silence is measured from).
     pub fn last_ts(&self) -> Option<EventTime> {
-        self.last.map(|(ts, _)| ts)
+        self.heard
     }
 
     pub fn is_silent(&self) -> bool {
@@ -91,6 +95,12 @@ impl SensorMonitor {
         out: &mut Vec<Anomaly>,
     ) -> Observed {
         let max_future = config.validation.max_future_ms;
+        if !late && max_future.is_none_or(|f| reading.ts <= now_ms.saturating_add(f)) {
+            self.heard = Some(self.heard.map_or(reading.ts, |h| h.max(reading.ts)));
+            if let Some(silent) = self.silent.take() {
+                out.push(health_event(SILENCE_DETECTOR, reading, silent, Some(reading.ts), "sends again"));
+            }
+        }
         let check = match (&self.rules, late) {
             (Some(rules), false) => {
                 validate::validate(rules, &mut self.validation, reading, now_ms, max_future)
@@ -117,15 +127,6 @@ impl SensorMonitor {
         match outcome {
             Outcome::Scored { verdict, stuck, unstuck } => {
                 self.last = Some((reading.ts, reading.value));
-                if let Some(silent) = self.silent.take() {
-                    out.push(health_event(
-                        SILENCE_DETECTOR,
-                        reading,
-                        silent,
-                        Some(reading.ts),
-                        "sends again",
-                    ));
-                }
                 if unstuck {
                     if let Some(episode) = self.stuck.take() {
                         out.push(health_event(
@@ -208,7 +209,8 @@ impl SensorMonitor {
         if self.silent.is_some() {
             return None;
         }
-        let (last_ts, value) = self.last?;
+        let last_ts = self.heard?;
+        let value = self.last.map_or(0.0, |(_, v)| v);
         let episode = HealthEpisode { started_at: at, value };
         self.silent = Some(episode);
         let reading =

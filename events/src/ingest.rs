@@ -49,6 +49,9 @@ impl Ingested {
 pub struct TimeModel {
     pub allowed_lateness_ms: u64,
     pub epoch_ms: u64,
+    /// Readings more than this far ahead of the wall clock do not move event time (they are
+    /// refused downstream as `future_timestamp`); `None`: every reading does.
+    pub max_future_ms: Option<u64>,
 }
 
 impl TimeModel {
@@ -59,7 +62,12 @@ impl TimeModel {
 
     /// A fresh watermark with this model's allowed lateness.
     pub fn watermark(&self) -> Watermark {
-        Watermark::new(self.allowed_lateness_ms)
+        Watermark::new(self.allowed_lateness_ms).with_max_future(self.max_future_ms)
+    }
+
+    /// Whether `ts` is further ahead of the wall clock than the model lets event time move.
+    pub fn is_future(&self, ts: EventTime) -> bool {
+        self.max_future_ms.is_some_and(|f| ts > crate::time::now_ms().saturating_add(f))
     }
 }
 
@@ -69,16 +77,25 @@ impl TimeModel {
 pub struct Watermark {
     max_seen: Option<EventTime>,
     allowed_lateness_ms: u64,
+    /// See [`TimeModel::max_future_ms`]: one reading with a wild clock must not make every
+    /// later reading late.
+    max_future_ms: Option<u64>,
 }
 
 impl Watermark {
     pub fn new(allowed_lateness_ms: u64) -> Self {
-        Watermark { max_seen: None, allowed_lateness_ms }
+        Watermark { max_seen: None, allowed_lateness_ms, max_future_ms: None }
+    }
+
+    /// The same watermark, ignoring readings more than `max_future_ms` ahead of the wall clock.
+    pub fn with_max_future(mut self, max_future_ms: Option<u64>) -> Self {
+        self.max_future_ms = max_future_ms;
+        self
     }
 
     /// Starts from the maximum of what came before (another chunk, another partition).
     pub fn resume(max_seen: Option<EventTime>, allowed_lateness_ms: u64) -> Self {
-        Watermark { max_seen, allowed_lateness_ms }
+        Watermark { max_seen, allowed_lateness_ms, max_future_ms: None }
     }
 
     /// The current watermark; 0 before anything was seen.
@@ -97,11 +114,42 @@ impl Watermark {
 
     /// Records `ts`; returns whether it was late.
     pub fn observe(&mut self, ts: EventTime) -> bool {
-        let late = self.is_late(ts);
-        if !late {
-            self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
+        self.arrive(ts) == Arrival::Late
+    }
+
+    /// Records `ts` and says how it arrived.
+    pub fn arrive(&mut self, ts: EventTime) -> Arrival {
+        if self.is_late(ts) {
+            return Arrival::Late;
         }
-        late
+        let advances = self.max_seen.is_none_or(|m| ts > m);
+        if advances && self.max_future_ms.is_some_and(|f| ts > crate::time::now_ms().saturating_add(f)) {
+            return Arrival::Future; // refused downstream; it must not move event time
+        }
+        self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
+        Arrival::OnTime
+    }
+}
+
+/// How a record's event time relates to the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    OnTime,
+    /// Older than the watermark.
+    Late,
+    /// Too far ahead of the wall clock to be trusted: stamped at the watermark, like a late
+    /// record, so it holds no time open, and refused downstream as `future_timestamp`.
+    Future,
+}
+
+impl Arrival {
+    /// The timely time of a record that arrived so: its own event time when on time, else
+    /// `watermark`.
+    pub fn stamp(self, ts: EventTime, watermark: EventTime) -> EventTime {
+        match self {
+            Arrival::OnTime => ts,
+            Arrival::Late | Arrival::Future => watermark,
+        }
     }
 }
 
@@ -111,7 +159,7 @@ mod tests {
 
     #[test]
     fn epochs_round_down() {
-        let model = TimeModel { allowed_lateness_ms: 0, epoch_ms: 1000 };
+        let model = TimeModel { allowed_lateness_ms: 0, epoch_ms: 1000, max_future_ms: None };
         assert_eq!(model.epoch(1_999), 1_000);
         assert_eq!(model.epoch(2_000), 2_000);
         assert_eq!(TimeModel { epoch_ms: 0, ..model }.epoch(1_999), 1_999);

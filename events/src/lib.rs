@@ -23,7 +23,7 @@ pub use compact_str::CompactString;
 
 pub use anomaly::{Anomaly, Episode, EpisodeState, ScoredReading, Severity};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
-pub use ingest::{Accepted, Ingested, RawRef, TimeModel, Watermark};
+pub use ingest::{Accepted, Arrival, Ingested, RawRef, TimeModel, Watermark};
 pub use output::{MinuteRow, OutputKind, OutputLine, ReadingRow, SinkEvent};
 pub use reading::{Origin, Reading};
 

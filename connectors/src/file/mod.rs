@@ -146,7 +146,7 @@ impl FileInput {
         chunk: u64,
         csv: &mut Option<CsvHeader>,
     ) -> (ChunkSummary, Vec<ChunkRecord>) {
-        self.decode_chunk_into(chunk, csv, Vec::new())
+        self.decode_chunk_into(chunk, csv, Vec::new(), EventTime::MAX)
     }
 
     /// Decodes one chunk into `records` (cleared first), reusing its allocation.
@@ -155,6 +155,7 @@ impl FileInput {
         chunk: u64,
         csv: &mut Option<CsvHeader>,
         mut records: Vec<ChunkRecord>,
+        future_cutoff: EventTime,
     ) -> (ChunkSummary, Vec<ChunkRecord>) {
         let (start, bytes) = self.chunk_bytes(chunk);
         records.clear();
@@ -178,7 +179,11 @@ impl FileInput {
                 };
                 match decoded {
                     Ok(reading) => {
-                        max_ts = Some(max_ts.map_or(reading.ts, |m| m.max(reading.ts)));
+                        // A reading past the cutoff (a wild clock) is refused later and must not
+                        // move event time.
+                        if reading.ts <= future_cutoff {
+                            max_ts = Some(max_ts.map_or(reading.ts, |m| m.max(reading.ts)));
+                        }
                         let raw = RawRef { byte_offset: (start + pos) as u64, len: line.len() as u32 };
                         records.push(ChunkRecord::Reading { reading, line_in_chunk, raw });
                     }

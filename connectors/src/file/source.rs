@@ -105,7 +105,10 @@ fn decode_stage<'scope>(
             if next_chunk >= flow.folded.get() + AHEAD * peers {
                 return; // the classify stage wakes us when the others catch up
             }
-            let (summary, records) = input.decode_chunk_into(next_chunk, &mut csv, pool.take());
+            let cutoff = time
+                .max_future_ms
+                .map_or(EventTime::MAX, |f| millstream_events::time::now_ms().saturating_add(f));
+            let (summary, records) = input.decode_chunk_into(next_chunk, &mut csv, pool.take(), cutoff);
             {
                 let mut session = output.session(&*cap);
                 session.give(Decoded::Batch { chunk: next_chunk, records });
@@ -173,7 +176,8 @@ fn classify_stage<'scope>(
                 let chunk = *entry.key();
                 let Some(prefix) = prefixes.remove(&chunk) else { break };
                 let (cap, records) = entry.remove();
-                let mut watermark = Watermark::resume(prefix.max_before, time.allowed_lateness_ms);
+                let mut watermark = Watermark::resume(prefix.max_before, time.allowed_lateness_ms)
+                    .with_max_future(time.max_future_ms);
                 let mut run_time = None;
                 let mut run: Vec<Ingested> = Vec::new();
                 let mut records = records;
@@ -207,8 +211,9 @@ fn classify(
 ) -> (EventTime, Ingested) {
     match record {
         ChunkRecord::Reading { reading, line_in_chunk, raw } => {
-            let late = watermark.observe(reading.ts);
-            let time = if late { watermark.time().max(batch_time) } else { reading.ts };
+            let arrival = watermark.arrive(reading.ts);
+            let late = arrival == millstream_events::Arrival::Late;
+            let time = arrival.stamp(reading.ts, watermark.time().max(batch_time));
             let origin = Origin { stream: 0, offset: prefix.lines_before + line_in_chunk + 1 };
             (time, Ingested::Accepted(Accepted { reading, origin, raw, late }))
         }

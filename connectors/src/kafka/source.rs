@@ -192,6 +192,7 @@ impl Partition {
             time.watermark()
         } else {
             Watermark::resume(Some(floor + time.allowed_lateness_ms), time.allowed_lateness_ms)
+                .with_max_future(time.max_future_ms)
         };
         Partition {
             topic_index: found.topic_index,
@@ -471,7 +472,8 @@ pub fn kafka_source<'scope>(
                 if now.duration_since(p.last_record) >= options.idle_timeout {
                     let wall = now_ms();
                     if p.watermark.max_seen().is_none_or(|m| m < wall) {
-                        p.watermark = Watermark::resume(Some(wall), time.allowed_lateness_ms);
+                        p.watermark = Watermark::resume(Some(wall), time.allowed_lateness_ms)
+                            .with_max_future(time.max_future_ms);
                     }
                 }
             }
@@ -560,8 +562,9 @@ fn ingest(
     let payload = message.payload().unwrap_or(&[]);
     let (stamp, item) = match decode_json(payload) {
         Ok(reading) => {
-            let late = p.watermark.observe(reading.ts);
-            let stamp = if late { p.watermark.time() } else { reading.ts };
+            let arrival = p.watermark.arrive(reading.ts);
+            let late = arrival == millstream_events::Arrival::Late;
+            let stamp = arrival.stamp(reading.ts, p.watermark.time());
             let origin = p.origin(offset);
             (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
         }
