@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use millstream_events::{CompactString, EventTime, ReadingRow, Severity, SinkEvent};
+use millstream_events::{AssetScore, CompactString, EventTime, ReadingRow, Severity, SinkEvent};
 use millstream_operators::episode::EpisodeTracker;
 use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
 use millstream_operators::kmeans;
@@ -323,6 +323,14 @@ fn close_bucket(
             context.stats.record_anomaly(&anomaly);
             out.push(SinkEvent::Anomaly(anomaly));
         }
+    }
+    if let (Some(scored), true) = (&scored, context.config.emit_scores) {
+        out.push(SinkEvent::AssetScore(AssetScore {
+            asset_id: asset.into(),
+            ts: bucket,
+            score: scored.score,
+            model_version: served.label.clone(),
+        }));
     }
     state.row = row;
     for mut reading in state.held.drain(..) {

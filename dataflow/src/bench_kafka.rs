@@ -620,6 +620,11 @@ fn measure_latency(
                     ])
                     .args(["-w", &args.workers.to_string()])
                     .envs(setup.env.iter().map(|(k, v)| (k, v)))
+                    // Spikes come every few seconds per sensor: without this they would all
+                    // fall into one open episode (closed only after 60 s of quiet), and only
+                    // the first would be notified. Each spike its own episode: what is timed
+                    // is an alarm's latency, not the hysteresis.
+                    .env("MILLSTREAM_PIPELINE__EPISODES__CLOSE_AFTER_MS", "0")
                     .env("MILLSTREAM_KAFKA__GROUP_ID", format!("{run_id}-latency-{index}"))
                     .env("MILLSTREAM_KAFKA__NOTIFICATION_TOPIC", &notifications)
                     .env("MILLSTREAM_KAFKA__DEAD_LETTER_TOPIC", &dead_letters)

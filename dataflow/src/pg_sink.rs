@@ -186,6 +186,8 @@ pub fn write_postgres<'scope>(
                             SinkEvent::Anomaly(a) => batch.anomalies.push(a),
                             SinkEvent::DeadLetter(d) => batch.dead_letters.push(d),
                             SinkEvent::MinuteAggregate(m) => batch.minutes.push(m),
+                            // No table yet: asset scores go to the file sinks only.
+                            SinkEvent::AssetScore(_) => {}
                         }
                     }
                     batch_since.get_or_insert((time, Instant::now()));

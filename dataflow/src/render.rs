@@ -27,6 +27,9 @@ pub fn render(event: &SinkEvent, emit_scores: bool) -> Option<OutputLine> {
         SinkEvent::Anomaly(a) => Some(OutputLine { kind: OutputKind::Anomaly, json: to_json(a) }),
         SinkEvent::DeadLetter(d) => Some(OutputLine { kind: OutputKind::DeadLetter, json: to_json(d) }),
         SinkEvent::MinuteAggregate(_) => None,
+        SinkEvent::AssetScore(s) => {
+            emit_scores.then(|| OutputLine { kind: OutputKind::AssetScore, json: to_json(s) })
+        }
     }
 }
 

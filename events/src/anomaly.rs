@@ -106,6 +106,23 @@ fn deserialize_optional_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<O
     crate::time::deserialize_event_time(d).map(Some)
 }
 
+/// An asset's score for one time bucket, as written to `asset_scores.jsonl` with
+/// `--emit-scores`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetScore {
+    pub asset_id: compact_str::CompactString,
+    /// Start of the bucket.
+    #[serde(
+        serialize_with = "crate::time::serialize_rfc3339",
+        deserialize_with = "crate::time::deserialize_event_time"
+    )]
+    pub ts: EventTime,
+    /// In `[0, 1]`.
+    pub score: f64,
+    /// `NAME@vN`.
+    pub model_version: String,
+}
+
 /// The score of one accepted reading, as written to `scores.jsonl` with `--emit-scores`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredReading {

@@ -21,7 +21,7 @@ pub mod time;
 
 pub use compact_str::CompactString;
 
-pub use anomaly::{Anomaly, Episode, EpisodeState, ScoredReading, Severity};
+pub use anomaly::{Anomaly, AssetScore, Episode, EpisodeState, ScoredReading, Severity};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
 pub use ingest::{Accepted, Arrival, Ingested, RawRef, TimeModel, Watermark};
 pub use output::{MinuteRow, OutputKind, OutputLine, ReadingRow, SinkEvent};

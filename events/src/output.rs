@@ -8,10 +8,17 @@ pub enum OutputKind {
     Anomaly,
     DeadLetter,
     Score,
+    AssetScore,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 3] = [OutputKind::Anomaly, OutputKind::DeadLetter, OutputKind::Score];
+    pub const ALL: [OutputKind; 4] =
+        [OutputKind::Anomaly, OutputKind::DeadLetter, OutputKind::Score, OutputKind::AssetScore];
+
+    /// Written only with `--emit-scores`.
+    pub fn is_score(self) -> bool {
+        matches!(self, OutputKind::Score | OutputKind::AssetScore)
+    }
 
     /// The file name in a `jsonl:DIR` sink.
     pub fn file_name(self) -> &'static str {
@@ -19,6 +26,7 @@ impl OutputKind {
             OutputKind::Anomaly => "anomalies.jsonl",
             OutputKind::DeadLetter => "dead_letters.jsonl",
             OutputKind::Score => "scores.jsonl",
+            OutputKind::AssetScore => "asset_scores.jsonl",
         }
     }
 
@@ -28,6 +36,7 @@ impl OutputKind {
             OutputKind::Anomaly => "anomaly",
             OutputKind::DeadLetter => "dead_letter",
             OutputKind::Score => "score",
+            OutputKind::AssetScore => "asset_score",
         }
     }
 }
@@ -79,4 +88,6 @@ pub enum SinkEvent {
     DeadLetter(crate::DeadLetter),
     /// A new value of a `readings_1m` row (database sinks only).
     MinuteAggregate(MinuteRow),
+    /// An asset's multivariate score for one time bucket (`asset_scores.jsonl`).
+    AssetScore(crate::AssetScore),
 }

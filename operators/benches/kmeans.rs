@@ -1,11 +1,13 @@
 //! `kmeans::score` over 100 000 rows of an 8-feature model with k = 4 (four operating modes,
-//! noise, occasional faults), and `kmeans::train` on 2 000 rows.
+//! noise, occasional faults); the same with the features computed first (the asset stage's
+//! per-bucket work); and `kmeans::train` on 2 000 rows.
 //!
 //! `cargo bench -p millstream-operators --bench kmeans -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use millstream_operators::features::{FeaturePlan, FeatureState};
 use millstream_operators::kmeans::{self, KMeansConfig};
 
 const ROWS: usize = 100_000;
@@ -51,6 +53,35 @@ fn bench_score(c: &mut Criterion) {
             for row in &data {
                 let scored = kmeans::score(&model, black_box(row)).expect("scores");
                 anomalies += (scored.score >= model.calibration.threshold) as u32;
+            }
+            black_box(anomalies)
+        })
+    });
+    // The asset stage's whole per-bucket work: align 8 sensors' bucket values into smoothed
+    // features (15-bucket means, two of them 30-bucket rates), then score.
+    let feature_names: Vec<String> = (0..FEATURES)
+        .map(|i| if i < 6 { format!("sensor{i}:ma15") } else { format!("sensor{i}:ma15:diff30") })
+        .collect();
+    let plan = FeaturePlan::from_names(&feature_names).expect("valid names");
+    let mut aligned = Vec::with_capacity(2_000);
+    let mut state = FeatureState::new(&plan);
+    for row in rows(2_000, 7) {
+        let values: Vec<Option<f64>> = row.into_iter().map(Some).collect();
+        let mut out = Vec::new();
+        state.push(&plan, &values, &mut out);
+        aligned.push(out);
+    }
+    let feature_model = kmeans::train(&aligned, &feature_names, &config).expect("trains");
+    let buckets: Vec<Vec<Option<f64>>> = data.iter().map(|r| r.iter().copied().map(Some).collect()).collect();
+    group.bench_function("features_then_score_8_sensors_k4", |b| {
+        b.iter(|| {
+            let mut state = FeatureState::new(&plan);
+            let mut row = Vec::with_capacity(FEATURES);
+            let mut anomalies = 0u32;
+            for values in &buckets {
+                state.push(&plan, black_box(values), &mut row);
+                let scored = kmeans::score(&feature_model, &row).expect("scores");
+                anomalies += (scored.score >= feature_model.calibration.threshold) as u32;
             }
             black_box(anomalies)
         })

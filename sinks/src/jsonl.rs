@@ -21,7 +21,7 @@ impl JsonlSink {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         let mut files = Vec::new();
         for kind in OutputKind::ALL {
-            if kind == OutputKind::Score && !emit_scores {
+            if kind.is_score() && !emit_scores {
                 continue;
             }
             let path = dir.join(kind.file_name());

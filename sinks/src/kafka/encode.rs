@@ -28,7 +28,7 @@ pub fn encode(event: &SinkEvent, time: EventTime) -> Option<Outgoing> {
     match event {
         SinkEvent::Anomaly(a) => Some(notification(a, time)),
         SinkEvent::DeadLetter(d) => Some(dead_letter(d, time)),
-        SinkEvent::Reading(_) | SinkEvent::MinuteAggregate(_) => None,
+        SinkEvent::Reading(_) | SinkEvent::MinuteAggregate(_) | SinkEvent::AssetScore(_) => None,
     }
 }
 
