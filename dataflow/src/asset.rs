@@ -256,7 +256,11 @@ fn admit(
         state.accumulator.add(sensor, reading.value);
     }
     state.held_time = Some(state.held_time.map_or(time, |t| t.min(time)));
-    state.held.push(reading);
+    // Readings are held only to leave with their combined score; without a sink that wants
+    // them, the bucket's sums are all that is needed.
+    if context.emit_readings {
+        state.held.push(reading);
+    }
 }
 
 impl AssetState {

@@ -83,6 +83,7 @@ pub fn score_readings<'scope>(
                             let i = sensors.len() as u32;
                             sensor_index.insert(accepted.reading.sensor_id.clone(), i);
                             sensors.push(Sensor {
+                                scheduled: false,
                                 monitor: SensorMonitor::new(&accepted.reading.sensor_id, &context.config),
                                 sensor_id: accepted.reading.sensor_id.clone(),
                                 asset_id: accepted.reading.asset_id.clone(),
@@ -128,17 +129,27 @@ pub fn score_readings<'scope>(
                     }
                     let mut scored = 0;
                     for &(index, _, _, pos) in &order {
-                        let sensor = &mut sensors[index as usize].monitor;
+                        let sensor = &mut sensors[index as usize];
                         let accepted = &group[pos as usize].1;
-                        let before = sensor.last_ts();
-                        scored += process(sensor, accepted, time, now, &context, &mut events, &mut anomalies);
-                        if silence_ms > 0 && sensor.last_ts() != before {
-                            if let Some(last) = sensor.last_ts() {
+                        scored += process(
+                            &mut sensor.monitor,
+                            accepted,
+                            time,
+                            now,
+                            &context,
+                            &mut events,
+                            &mut anomalies,
+                        );
+                        // One deadline entry per sensor at a time: when it comes due and the
+                        // sensor spoke since, it moves to the new deadline (see fire_deadlines).
+                        if silence_ms > 0 && !sensor.scheduled {
+                            if let Some(last) = sensor.monitor.last_ts() {
                                 let deadline = last + silence_ms;
                                 if deadline_capability.as_ref().is_none_or(|c| deadline < *c.time()) {
                                     deadline_capability = Some(cap.delayed(&deadline));
                                 }
                                 deadlines.entry(deadline).or_default().push(index);
+                                sensor.scheduled = true;
                             }
                         }
                     }
@@ -198,8 +209,14 @@ fn fire_deadlines(
         }
         for index in entry.remove() {
             let sensor = &mut sensors[index as usize];
-            if sensor.monitor.last_ts().map(|t| t + silence_ms) != Some(deadline) {
-                continue; // it spoke since
+            sensor.scheduled = false;
+            let due = sensor.monitor.last_ts().map(|t| t + silence_ms);
+            if let Some(later) = due.filter(|d| *d > deadline) {
+                // It spoke since: its deadline moved (possibly before `bound` too, in which
+                // case this loop meets it again).
+                deadlines.entry(later).or_default().push(index);
+                sensor.scheduled = true;
+                continue;
             }
             if let Some(event) =
                 sensor.monitor.fall_silent(&sensor.sensor_id, &sensor.asset_id, deadline, silence_ms)
@@ -217,6 +234,8 @@ fn fire_deadlines(
 
 /// One sensor of the stage.
 struct Sensor {
+    /// Whether it has an entry in the silence deadlines.
+    scheduled: bool,
     monitor: SensorMonitor,
     sensor_id: millstream_events::CompactString,
     asset_id: millstream_events::CompactString,
