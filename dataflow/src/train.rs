@@ -226,7 +226,9 @@ pub fn train(args: TrainArgs, store: Option<ModelStoreConfig>) -> anyhow::Result
         (None, [only]) => (*only).to_owned(),
         (None, []) => bail!("{input} holds no valid reading ({rejected} rejected)"),
         (None, many) => {
-            bail!("{input} holds {} assets; choose one with --asset ({})", many.len(), many.join(", "))
+            let shown: Vec<&str> = many.iter().take(8).copied().collect();
+            let more = if many.len() > shown.len() { ", …" } else { "" };
+            bail!("{input} holds {} assets; choose one with --asset ({}{more})", many.len(), shown.join(", "))
         }
     };
     readings.retain(|r| r.asset_id == asset.as_str());
