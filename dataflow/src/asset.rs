@@ -103,7 +103,7 @@ pub fn score_assets<'scope>(
                             let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
                                 continue;
                             };
-                            if epoch(bucket + served.artifact.bucket_ms - 1, epoch_ms) < u {
+                            if epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms) < u {
                                 close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
                             }
                         }
@@ -140,7 +140,7 @@ pub fn score_assets<'scope>(
             for (asset, state) in assets.iter_mut() {
                 let Some(bucket) = state.bucket else { continue };
                 let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
-                let last_time = epoch(bucket + served.artifact.bucket_ms - 1, epoch_ms);
+                let last_time = epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms);
                 if complete(&last_time) && pending.first_key_value().is_none_or(|(t, _)| *t > last_time) {
                     close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
                 }

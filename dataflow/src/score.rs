@@ -144,7 +144,7 @@ pub fn score_readings<'scope>(
                         // sensor spoke since, it moves to the new deadline (see fire_deadlines).
                         if silence_ms > 0 && !sensor.scheduled {
                             if let Some(last) = sensor.monitor.last_ts() {
-                                let deadline = last + silence_ms;
+                                let deadline = last.saturating_add(silence_ms);
                                 if deadline_capability.as_ref().is_none_or(|c| deadline < *c.time()) {
                                     deadline_capability = Some(cap.delayed(&deadline));
                                 }
@@ -210,7 +210,7 @@ fn fire_deadlines(
         for index in entry.remove() {
             let sensor = &mut sensors[index as usize];
             sensor.scheduled = false;
-            let due = sensor.monitor.last_ts().map(|t| t + silence_ms);
+            let due = sensor.monitor.last_ts().map(|t| t.saturating_add(silence_ms));
             if let Some(later) = due.filter(|d| *d > deadline) {
                 // It spoke since: its deadline moved (possibly before `bound` too, in which
                 // case this loop meets it again).

@@ -152,7 +152,9 @@ impl SensorState {
         let noisy = self.detector.has_noise(detector);
         let verdict = self.detector.observe(value, detector);
         let long = (stuck.repeats > 0 && self.repeat_run >= stuck.repeats)
-            || (stuck.duration_ms > 0 && self.repeat_run >= 2 && ts - self.repeat_since >= stuck.duration_ms);
+            || (stuck.duration_ms > 0
+                && self.repeat_run >= 2
+                && ts.saturating_sub(self.repeat_since) >= stuck.duration_ms);
         let began = long && noisy && !self.stuck;
         self.stuck |= began;
         Outcome::Scored { verdict, stuck: began, unstuck }
