@@ -262,6 +262,15 @@ impl RobustZ {
         self.scale > config.rel_min_scale * self.baseline.abs() + config.min_scale
     }
 
+    /// Restarts the baseline at `value`, with no trend, keeping the scale: for a sensor coming
+    /// back from a stuck run, whose flat line said nothing about the signal.
+    pub fn restart_level(&mut self, value: f64) {
+        if value.is_finite() && self.count > 0 {
+            self.baseline = value;
+            self.slope = 0.0;
+        }
+    }
+
     /// The trend: expected change of the baseline per reading.
     pub fn slope(&self) -> f64 {
         self.slope

@@ -143,6 +143,11 @@ impl SensorState {
         self.remember(ts, bits);
         let repeat = self.detector.count() > 0 && self.detector.last_value() == Some(value);
         let unstuck = !repeat && std::mem::take(&mut self.stuck);
+        if unstuck {
+            // The baseline learnt the flat line; the jump back is the signal returning (the
+            // stuck episode covers it), not an outlier.
+            self.detector.restart_level(value);
+        }
         if repeat {
             self.repeat_run = self.repeat_run.saturating_add(1);
         } else {
@@ -196,6 +201,25 @@ mod tests {
         }
         // Runs start at 100 and 250 (the first 7.0 is the run's first reading).
         assert_eq!(stuck_at, vec![129, 279]);
+    }
+
+    #[test]
+    fn the_jump_back_after_a_stuck_run_is_not_an_outlier() {
+        let mut s = SensorState::default();
+        let noisy = |ts: u64| 50.0 + ((ts * 37) % 11) as f64 * 0.1;
+        for ts in 0..200u64 {
+            run(&mut s, ts, noisy(ts), false, LatePolicy::Keep);
+        }
+        for ts in 200..260u64 {
+            run(&mut s, ts, 10.0, false, LatePolicy::Keep); // stuck far below the signal
+        }
+        match run(&mut s, 260, noisy(260), false, LatePolicy::Keep) {
+            Outcome::Scored { verdict, unstuck, .. } => {
+                assert!(unstuck);
+                assert_eq!(verdict.severity, None, "{verdict:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
