@@ -51,6 +51,10 @@ pub struct SensorMonitor {
     /// The sensor's anomaly episode, and the detector that opened it.
     anomaly: EpisodeTracker,
     anomaly_detector: &'static str,
+    /// A sustained shift holding the episode open: its direction and until when.
+    shift_hold: Option<(f64, EventTime)>,
+    /// The held shift has shifted back: the episode may close.
+    shift_returned: bool,
     stuck: Option<HealthEpisode>,
     silent: Option<HealthEpisode>,
     /// The newest on-time reading: its time and value.
@@ -69,6 +73,8 @@ impl SensorMonitor {
             cusum: Cusum::default(),
             anomaly: EpisodeTracker::default(),
             anomaly_detector: RobustZ::NAME,
+            shift_hold: None,
+            shift_returned: false,
             stuck: None,
             silent: None,
             last: None,
@@ -156,8 +162,32 @@ impl SensorMonitor {
                 let shift_score = shift.map_or(0.0, |s| s.score);
                 let score = verdict.score.max(shift_score);
                 let hot = verdict.severity.max(shift.and_then(|s| s.severity));
+                // A sustained shift holds its episode open until the signal shifts back (the
+                // CUSUM alarms the other way) or `hold_ms` has passed, so that a shift and its
+                // return are one episode although the baseline adapts in between.
+                if let Some(shift) = shift.filter(|s| s.severity.is_some()) {
+                    let episode_open = self.anomaly.current().is_some() || hot.is_some();
+                    match self.shift_hold {
+                        None if episode_open && !self.shift_returned => {
+                            self.shift_hold =
+                                Some((shift.direction, reading.ts.saturating_add(config.cusum.hold_ms)))
+                        }
+                        Some((direction, _)) if shift.direction != direction => {
+                            self.shift_hold = None;
+                            self.shift_returned = true;
+                        }
+                        _ => {}
+                    }
+                }
+                let held = self.shift_hold.is_some_and(|(_, until)| reading.ts < until);
+                let warm_score = if held { score.max(config.episodes.close_score) } else { score };
                 let before = self.anomaly.current().copied();
-                if let Some(transition) = self.anomaly.observe(reading.ts, score, hot, &config.episodes) {
+                let transition = self.anomaly.observe(reading.ts, warm_score, hot, &config.episodes);
+                if matches!(transition, Some(Transition::Closed { .. })) {
+                    self.shift_hold = None;
+                    self.shift_returned = false;
+                }
+                if let Some(transition) = transition {
                     if transition == Transition::Opened {
                         self.anomaly_detector =
                             if verdict.severity.is_some() { RobustZ::NAME } else { CUSUM_DETECTOR };

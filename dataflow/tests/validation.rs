@@ -475,36 +475,26 @@ fn transcript(anomalies: &[Value], sensor: &str) -> Vec<Event<String>> {
 }
 
 #[test]
-fn a_level_shift_is_a_few_episodes_not_a_storm_and_clean_noise_is_none() {
+fn a_level_shift_is_one_episode_not_a_storm_and_clean_noise_is_none() {
     // Four noisy sensors (σ = 0.5, 1 Hz, 800 s) whose level is 8σ higher for 3 minutes,
     // readings 300..480; the seeds are chosen so that between them every way an episode opens
     // is covered. What the detectors do, and why these are the numbers:
     //
     // - Onset (reading 300): |z| ≈ 8 > 5.5, so robust_z opens an episode on the first shifted
     //   reading; or, when the noise makes that reading less extreme, the CUSUM (on robust_z's
-    //   residuals) reaches its threshold a few readings later and opens it, as `cusum`. The
-    //   episode stays open while either detector is warm (possibly escalating once when a
-    //   later reading is more extreme), i.e. while robust_z's baseline catches up with the new
-    //   level (~15-25 readings, its adaptation time ≈ (1/alpha)·ln 8 at alpha = 0.05) and the
-    //   CUSUM decays. It closes once the score has stayed below 0.5 for close_after_ms = 60 s:
-    //   at the 61st second after its last warm reading (1 Hz: the first cold reading is 1 s
-    //   later, then 60 s).
-    // - Then nothing for the rest of the shift: the baseline has adapted (a sustained shift is
-    //   reported where it starts, not every second for 3 minutes).
-    // - Return (reading 480): the same story downwards, a second episode.
-    // So: exactly 2 `opened` (onset, return), each `closed` once, at most one escalation each.
+    //   residuals) reaches its threshold a few readings later and opens it, as `cusum`. It may
+    //   escalate once when a later reading is more extreme.
+    // - The CUSUM alarms on the shift, so the episode is held open ([pipeline.cusum] hold_ms,
+    //   5 min) although robust_z's baseline adapts to the new level within ~20 readings: a
+    //   sustained shift is one alarm, not one at its start and another at its end.
+    // - Return (reading 480): the CUSUM alarms the other way, which releases the hold; the
+    //   return's outliers keep the episode warm while the baseline re-adapts, and it closes
+    //   once the score has stayed below 0.5 for close_after_ms = 60 s: at the 61st second after
+    //   its last warm reading (1 Hz: the first cold reading is 1 s later, then 60 s).
+    // So: exactly 1 `opened` at the onset, 1 `closed` after the return, at most one escalation.
     let shift = 300..480;
     let expected: [(&str, u64, &[Event<&str>]); 4] = [
-        (
-            "p1/vibration",
-            11,
-            &[
-                ("robust_z", "opened", 300, None),
-                ("robust_z", "closed", 380, Some(319)),
-                ("robust_z", "opened", 480, None),
-                ("robust_z", "closed", 556, Some(495)),
-            ],
-        ),
+        ("p1/vibration", 11, &[("robust_z", "opened", 300, None), ("robust_z", "closed", 556, Some(495))]),
         (
             // An onset extreme enough to escalate (low → medium) before the baseline adapts.
             "p2/vibration",
@@ -512,32 +502,15 @@ fn a_level_shift_is_a_few_episodes_not_a_storm_and_clean_noise_is_none() {
             &[
                 ("robust_z", "opened", 300, None),
                 ("robust_z", "escalated", 308, None),
-                ("robust_z", "closed", 385, Some(324)),
-                ("robust_z", "opened", 480, None),
                 ("robust_z", "closed", 562, Some(501)),
             ],
         ),
-        (
-            // The return is seen by the CUSUM first.
-            "p3/vibration",
-            6,
-            &[
-                ("robust_z", "opened", 300, None),
-                ("robust_z", "closed", 379, Some(318)),
-                ("cusum", "opened", 484, None),
-                ("cusum", "closed", 553, Some(492)),
-            ],
-        ),
+        ("p3/vibration", 6, &[("robust_z", "opened", 300, None), ("robust_z", "closed", 553, Some(492))]),
         (
             // The onset is seen by the CUSUM first.
             "p4/vibration",
             10,
-            &[
-                ("cusum", "opened", 304, None),
-                ("cusum", "closed", 377, Some(316)),
-                ("robust_z", "opened", 480, None),
-                ("robust_z", "closed", 559, Some(498)),
-            ],
+            &[("cusum", "opened", 304, None), ("cusum", "closed", 559, Some(498))],
         ),
     ];
     let inputs: Vec<Vec<String>> =
@@ -556,13 +529,13 @@ fn a_level_shift_is_a_few_episodes_not_a_storm_and_clean_noise_is_none() {
         assert_eq!(got, want, "{sensor}");
         // The same, as properties of any such run.
         let opened: Vec<u64> = got.iter().filter(|e| e.1 == "opened").map(|e| e.2).collect();
-        assert_eq!(opened.len(), 2, "{sensor}: onset and return");
-        assert!((300..=305).contains(&opened[0]) && (480..=485).contains(&opened[1]), "{sensor}: {got:?}");
+        assert_eq!(opened.len(), 1, "{sensor}: one episode for the shift and its return");
+        assert!((300..=305).contains(&opened[0]), "{sensor}: {got:?}");
         assert!(got.iter().filter(|e| e.1 == "escalated").count() <= 1, "{sensor}: {got:?}");
         for (i, closed) in got.iter().enumerate().filter(|(_, e)| e.1 == "closed") {
             let ended_at = closed.3.unwrap();
             let started_at = got[..i].iter().rev().find(|e| e.1 == "opened").unwrap().2;
-            assert!(ended_at >= started_at && ended_at - started_at <= 30, "{sensor}: {got:?}");
+            assert!((480..=510).contains(&ended_at) && ended_at >= started_at, "{sensor}: {got:?}");
             assert_eq!(
                 closed.2,
                 ended_at + 61,

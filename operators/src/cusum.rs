@@ -35,11 +35,14 @@ pub struct CusumConfig {
     pub threshold: f64,
     /// Residuals are clipped to ±this before they are added (spikes are robust_z's business).
     pub clip: f64,
+    /// An episode with a sustained shift stays open until the signal shifts back, or this long
+    /// (ms of event time) at most: a shift and its return are one episode.
+    pub hold_ms: u64,
 }
 
 impl Default for CusumConfig {
     fn default() -> Self {
-        CusumConfig { enabled: true, drift: 1.0, threshold: 15.0, clip: 6.0 }
+        CusumConfig { enabled: true, drift: 1.0, threshold: 15.0, clip: 6.0, hold_ms: 300_000 }
     }
 }
 
