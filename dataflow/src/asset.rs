@@ -60,17 +60,23 @@ struct AssetState {
 }
 
 pub fn score_assets<'scope>(
-    readings: Stream<'scope, EventTime, Vec<ReadingRow>>,
+    events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     settings: Arc<ModelsSettings>,
     context: Arc<RunContext>,
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
-    let pact = Exchange::new(|r: &ReadingRow| crate::score::sensor_route(&r.asset_id));
-    readings.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
+    // Readings by asset; the few other events (anomalies, dead letters) pass through, routed
+    // anywhere: no split of the stream before this stage, no concatenation after it.
+    let pact = Exchange::new(|e: &SinkEvent| match e {
+        SinkEvent::Reading(r) => crate::score::sensor_route(&r.asset_id),
+        SinkEvent::Anomaly(a) => crate::score::sensor_route(&a.asset_id),
+        _ => 0,
+    });
+    events.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
         let epoch_ms = context.config.epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<Served>> = FxHashMap::default();
         let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
-        let mut pending: BTreeMap<EventTime, Vec<ReadingRow>> = BTreeMap::new();
+        let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
         let mut out: Vec<SinkEvent> = Vec::new();
@@ -117,10 +123,18 @@ pub fn score_assets<'scope>(
                         // worker that owns it, already in event-time order, and readings of
                         // different sensors add into different sums, so their relative order
                         // changes nothing.
-                        if !group.is_sorted_by_key(|r| r.ts) {
-                            group.sort_by_key(|r| r.ts);
+                        let ts = |e: &SinkEvent| match e {
+                            SinkEvent::Reading(r) => r.ts,
+                            _ => 0,
+                        };
+                        if !group.is_sorted_by_key(ts) {
+                            group.sort_by_key(ts);
                         }
-                        for reading in group {
+                        for event in group {
+                            let SinkEvent::Reading(reading) = event else {
+                                emit.push((time, event));
+                                continue;
+                            };
                             admit(
                                 reading,
                                 time,
@@ -325,7 +339,7 @@ fn close_bucket(
                 explanation: kmeans::explain(&served.artifact, scored, 3),
             });
             context.stats.record_anomaly(&anomaly);
-            out.push(SinkEvent::Anomaly(anomaly));
+            out.push(SinkEvent::Anomaly(Box::new(anomaly)));
         }
     }
     if let (Some(scored), true) = (&scored, context.config.emit_scores) {

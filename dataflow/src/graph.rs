@@ -60,15 +60,7 @@ pub fn build<'scope>(
             if scope.index() == 0 { context.model_feed.lock().expect("never poisoned").take() } else { None };
         let updates =
             crate::model_stream::model_updates(scope, rejected.clone(), feed, Arc::clone(&context.stats));
-        // The error side is the events that skip the asset stage; boxing them would cost an
-        // allocation per anomaly for nothing.
-        #[allow(clippy::result_large_err)]
-        let (readings, others) = events.ok_err::<Vec<_>, _, Vec<_>, _, _>(|event| match event {
-            SinkEvent::Reading(reading) => Ok(reading),
-            other => Err(other),
-        });
-        events = crate::asset::score_assets(readings, updates, Arc::clone(models), Arc::clone(&context))
-            .concat(others);
+        events = crate::asset::score_assets(events, updates, Arc::clone(models), Arc::clone(&context));
     }
     let events = events.concat(decode_dead_letters);
     let emit_scores = context.config.emit_scores;

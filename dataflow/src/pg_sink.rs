@@ -183,7 +183,7 @@ pub fn write_postgres<'scope>(
                     for event in events {
                         match event {
                             SinkEvent::Reading(r) => batch.readings.push(r),
-                            SinkEvent::Anomaly(a) => batch.anomalies.push(a),
+                            SinkEvent::Anomaly(a) => batch.anomalies.push(*a),
                             SinkEvent::DeadLetter(d) => batch.dead_letters.push(d),
                             SinkEvent::MinuteAggregate(m) => batch.minutes.push(m),
                             // No table yet: asset scores go to the file sinks only.

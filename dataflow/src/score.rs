@@ -222,7 +222,7 @@ fn fire_deadlines(
                 sensor.monitor.fall_silent(&sensor.sensor_id, &sensor.asset_id, deadline, silence_ms)
             {
                 context.stats.record_anomaly(&event);
-                output.session(&cap.delayed(&deadline)).give(SinkEvent::Anomaly(event));
+                output.session(&cap.delayed(&deadline)).give(SinkEvent::Anomaly(Box::new(event)));
             }
         }
     }
@@ -255,7 +255,7 @@ fn process(
     let observed = sensor.observe(reading, accepted.late, now, config, anomalies);
     for anomaly in anomalies.drain(..) {
         context.stats.record_anomaly(&anomaly);
-        events.push(SinkEvent::Anomaly(anomaly));
+        events.push(SinkEvent::Anomaly(Box::new(anomaly)));
     }
     match observed {
         Observed::Scored { score } => {

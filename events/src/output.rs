@@ -67,7 +67,7 @@ pub struct ReadingRow {
 }
 
 /// The current statistics of one sensor over one minute (a `readings_1m` row).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MinuteRow {
     pub sensor_id: String,
     /// Start of the minute, epoch ms.
@@ -81,10 +81,12 @@ pub struct MinuteRow {
 }
 
 /// What the pipeline hands to its sinks, typed; each sink renders what it needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SinkEvent {
     Reading(ReadingRow),
-    Anomaly(crate::Anomaly),
+    /// Boxed: an anomaly is more than twice the size of a reading, and every reading that
+    /// flows as a `SinkEvent` would pay for the larger variant.
+    Anomaly(Box<crate::Anomaly>),
     DeadLetter(crate::DeadLetter),
     /// A new value of a `readings_1m` row (database sinks only).
     MinuteAggregate(MinuteRow),
