@@ -57,6 +57,8 @@ struct AssetState {
     held_time: Option<EventTime>,
     episode: EpisodeTracker,
     row: Vec<f64>,
+    /// The last score's deviations, reused (no allocation per bucket).
+    deviations: Vec<f64>,
 }
 
 pub fn score_assets<'scope>(
@@ -291,6 +293,7 @@ impl AssetState {
             held_time: None,
             episode: EpisodeTracker::default(),
             row: Vec::new(),
+            deviations: Vec::new(),
         }
     }
 }
@@ -311,7 +314,7 @@ fn close_bucket(
     let values = state.accumulator.take();
     let mut row = std::mem::take(&mut state.row);
     state.features.push(&served.plan, values, &mut row);
-    let scored = kmeans::score(&served.artifact, &row).ok();
+    let scored = kmeans::score_into(&served.artifact, &row, std::mem::take(&mut state.deviations)).ok();
     context.stats.asset_buckets.inc();
     let asset_score = scored.as_ref().map_or(0.0, |s| s.score);
     if let Some(scored) = &scored {
@@ -351,6 +354,9 @@ fn close_bucket(
         }));
     }
     state.row = row;
+    if let Some(scored) = scored {
+        state.deviations = scored.deviations;
+    }
     for mut reading in state.held.drain(..) {
         if context.emit_readings {
             reading.score = reading.score.max(asset_score);

@@ -401,15 +401,25 @@ pub fn train(
 
 /// Scores one row (the artifact's features, in order; NaN for a missing one).
 pub fn score(artifact: &ModelArtifact, row: &[f64]) -> Result<Scored, ScoreError> {
+    score_into(artifact, row, Vec::new())
+}
+
+/// [`score`], building [`Scored::deviations`] in `buffer` (cleared first), so that a caller
+/// scoring row after row can hand the previous result's vector back and allocate nothing.
+pub fn score_into(artifact: &ModelArtifact, row: &[f64], buffer: Vec<f64>) -> Result<Scored, ScoreError> {
     let f = artifact.width();
     if row.len() != f {
         return Err(ScoreError::WrongWidth { expected: f, got: row.len() });
     }
-    let mut deviations: Vec<f64> = row
-        .iter()
-        .zip(&artifact.standardisation)
-        .map(|(x, s)| if x.is_finite() { (x - s.location) / s.scale } else { f64::NAN })
-        .collect();
+    let mut deviations = buffer;
+    deviations.clear();
+    deviations.extend(row.iter().zip(&artifact.standardisation).map(|(x, s)| {
+        if x.is_finite() {
+            (x - s.location) / s.scale
+        } else {
+            f64::NAN
+        }
+    }));
     let present = deviations.iter().filter(|z| !z.is_nan()).count();
     let required = artifact.min_present as usize;
     if present < required || present == 0 {
