@@ -21,6 +21,7 @@ use millstream_sinks::SinkSpec;
 use millstream_connectors::model_store::ModelStoreConfig;
 use millstream_operators::features::FeaturePlan;
 use millstream_operators::kmeans::KMeansConfig;
+use millstream_operators::outliers::Counts;
 
 use crate::config::PipelineConfig;
 use crate::models::ModelsSettings;
@@ -60,34 +61,6 @@ fn feature_choice() -> FeatureChoice {
     FeatureChoice { smoothing: 15, rate_of: vec!["Temperature".into(), "Thermocouple".into()], rate_lag: 30 }
 }
 
-/// Confusion counts over test rows, the SKAB way.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    tp: u64,
-    fp: u64,
-    tn: u64,
-    fn_: u64,
-}
-
-impl Counts {
-    fn add(&mut self, predicted: &[bool], labels: &[bool]) {
-        for (&p, &truth) in predicted.iter().zip(labels).skip(TRAIN_ROWS) {
-            match (p, truth) {
-                (true, true) => self.tp += 1,
-                (true, false) => self.fp += 1,
-                (false, false) => self.tn += 1,
-                (false, true) => self.fn_ += 1,
-            }
-        }
-    }
-
-    /// F1, FAR %, MAR %.
-    fn metrics(&self) -> (f64, f64, f64) {
-        let (tp, fp, tn, fn_) = (self.tp as f64, self.fp as f64, self.tn as f64, self.fn_ as f64);
-        (tp / (tp + (fp + fn_) / 2.0), 100.0 * fp / (fp + tn).max(1.0), 100.0 * fn_ / (fn_ + tp).max(1.0))
-    }
-}
-
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let EvalArgs { dataset, predictions } = args;
     let Some(dir) = dataset.strip_prefix("skab:") else {
@@ -106,9 +79,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         (Counts::default(), Counts::default(), Counts::default());
     for file in &files {
         let flagged = flagged_rows(file, &pipeline, work.path())?;
-        both.add(&flagged.any(), &file.labels);
-        kmeans_only.add(&flagged.kmeans, &file.labels);
-        robust_only.add(&flagged.sensor, &file.labels);
+        both.add(&flagged.any(), &file.labels, TRAIN_ROWS);
+        kmeans_only.add(&flagged.kmeans, &file.labels, TRAIN_ROWS);
+        robust_only.add(&flagged.sensor, &file.labels, TRAIN_ROWS);
         if let Some(out) = &predictions {
             write_predictions(out, file, &flagged.any())?;
         }

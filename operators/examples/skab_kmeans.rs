@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use millstream_operators::detector::{RobustZ, RobustZConfig};
 use millstream_operators::kmeans::{self, KMeansConfig, Scaling};
+use millstream_operators::outliers::Counts;
 
 const TRAIN_ROWS: usize = 400;
 const GROUPS: [&str; 3] = ["valve1", "valve2", "other"];
@@ -149,35 +150,6 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-#[derive(Default, Clone, Copy)]
-struct Counts {
-    tp: u64,
-    fp: u64,
-    tn: u64,
-    fn_: u64,
-}
-
-impl Counts {
-    fn add(&mut self, predicted: &[bool], truth: &[bool]) {
-        for (&p, &t) in predicted.iter().zip(truth).skip(TRAIN_ROWS) {
-            match (p, t) {
-                (true, true) => self.tp += 1,
-                (true, false) => self.fp += 1,
-                (false, false) => self.tn += 1,
-                (false, true) => self.fn_ += 1,
-            }
-        }
-    }
-    /// F1, FAR %, MAR % the SKAB way (as `dataflow/src/eval.rs` and `skab_score.py`).
-    fn metrics(&self) -> (f64, f64, f64) {
-        let (tp, fp, tn, fn_) = (self.tp as f64, self.fp as f64, self.tn as f64, self.fn_ as f64);
-        let f1 = tp / (tp + (fp + fn_) / 2.0);
-        let far = 100.0 * fp / (fp + tn).max(1.0);
-        let mar = 100.0 * fn_ / (fn_ + tp).max(1.0);
-        (f1, far, mar)
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut dir: Option<PathBuf> = None;
@@ -210,7 +182,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut counts = Counts::default();
         for file in &files {
             let predicted = predict(file, &free, &variant)?;
-            counts.add(&predicted, &file.labels);
+            counts.add(&predicted, &file.labels, TRAIN_ROWS);
         }
         let (f1, far, mar) = counts.metrics();
         println!(
@@ -228,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for group in GROUPS {
         let mut counts = Counts::default();
         for file in files.iter().filter(|f| f.group == group) {
-            counts.add(&predict(file, &free, &Variant::HEADLINE)?, &file.labels);
+            counts.add(&predict(file, &free, &Variant::HEADLINE)?, &file.labels, TRAIN_ROWS);
         }
         let (f1, far, mar) = counts.metrics();
         println!("  {group:7} F1 {f1:.3}  FAR {far:5.2} %  MAR {mar:5.2} %");

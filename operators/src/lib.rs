@@ -9,5 +9,6 @@ pub mod evaluate;
 pub mod features;
 pub mod kmeans;
 pub mod model;
+pub mod outliers;
 pub mod sensor;
 pub mod validate;
