@@ -106,15 +106,16 @@ pub fn score_assets<'scope>(
                     (Some(u), r) if r.is_none_or(|r| u <= r) => {
                         // Every reading before `u` is in: a bucket that ends before `u` is
                         // complete, and is scored by the version it was aligned for.
-                        for (asset, state) in assets.iter_mut() {
-                            let Some(bucket) = state.bucket else { continue };
-                            let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
-                                continue;
-                            };
-                            if epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms) < u {
-                                close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
-                            }
-                        }
+                        close_buckets_before(
+                            u,
+                            &mut assets,
+                            &models,
+                            epoch_ms,
+                            &settings,
+                            &context,
+                            &mut out,
+                            &mut emit,
+                        );
                         for update in pending_updates.remove(&u).unwrap_or_default() {
                             apply(&mut models, update);
                         }
@@ -152,25 +153,37 @@ pub fn score_assets<'scope>(
                     _ => break,
                 }
             }
-            // Buckets that no reading still in flight can fall into are complete.
-            for (asset, state) in assets.iter_mut() {
-                let Some(bucket) = state.bucket else { continue };
-                let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
-                let last_time = epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms);
-                if complete(&last_time) && pending.first_key_value().is_none_or(|(t, _)| *t > last_time) {
-                    close_bucket(asset, state, served, &settings, &context, &mut out, &mut emit);
-                }
-            }
+            // Buckets that no reading still in flight can fall into are complete: those that end
+            // before both the frontiers and the first time still pending.
+            let in_flight = [readings_frontier.frontier().first(), updates_frontier.frontier().first()]
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(pending.first_key_value().map(|(t, _)| *t))
+                .min()
+                .unwrap_or(EventTime::MAX);
+            close_buckets_before(
+                in_flight,
+                &mut assets,
+                &models,
+                epoch_ms,
+                &settings,
+                &context,
+                &mut out,
+                &mut emit,
+            );
             if !emit.is_empty() {
                 let cap =
                     capability.as_ref().expect("outputs come from held readings, which hold a capability");
                 emit.sort_by_key(|(t, _)| *t);
-                let start = 0;
-                while start < emit.len() {
-                    let t = emit[start].0;
-                    let end = start + emit[start..].iter().take_while(|(u, _)| *u == t).count();
-                    output.session(&cap.delayed(&t)).give_iterator(emit.drain(start..end).map(|(_, e)| e));
-                    // `drain` moved the rest down to `start`.
+                let mut items = emit.drain(..).peekable();
+                while let Some((t, first)) = items.next() {
+                    let time_cap = cap.delayed(&t);
+                    let mut session = output.session(&time_cap);
+                    session.give(first);
+                    while let Some((_, event)) = items.next_if(|(u, _)| *u == t) {
+                        session.give(event);
+                    }
                 }
             }
             // Hold the capability at the earliest time still to be released.
@@ -193,18 +206,37 @@ fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
     t - t % epoch_ms
 }
 
+/// Closes every asset's open bucket whose last possible timely time is before `limit`.
+#[allow(clippy::too_many_arguments)]
+fn close_buckets_before(
+    limit: EventTime,
+    assets: &mut FxHashMap<CompactString, AssetState>,
+    models: &FxHashMap<String, Arc<Served>>,
+    epoch_ms: u64,
+    settings: &ModelsSettings,
+    context: &RunContext,
+    out: &mut Vec<SinkEvent>,
+    emit: &mut Vec<(EventTime, SinkEvent)>,
+) {
+    for (asset, state) in assets.iter_mut() {
+        let Some(bucket) = state.bucket else { continue };
+        let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
+        if epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms) < limit {
+            close_bucket(asset, state, served, settings, context, out, emit);
+        }
+    }
+}
+
 fn apply(models: &mut FxHashMap<String, Arc<Served>>, update: ModelUpdate) {
-    match update.artifact() {
-        Ok(artifact) => match FeaturePlan::from_names(&artifact.features) {
-            Ok(plan) => {
-                let label = format!("{}@v{}", update.name, update.version);
-                models
-                    .insert(update.name, Arc::new(Served { version: update.version, artifact, plan, label }));
-            }
-            Err(e) => {
-                tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
-            }
-        },
+    let served = update.artifact().map_err(|e| e.to_string()).and_then(|artifact| {
+        let plan = FeaturePlan::from_names(&artifact.features).map_err(|e| e.to_string())?;
+        let label = format!("{}@v{}", update.name, update.version);
+        Ok(Served { version: update.version, artifact, plan, label })
+    });
+    match served {
+        Ok(served) => {
+            models.insert(update.name, Arc::new(served));
+        }
         Err(e) => {
             tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
         }

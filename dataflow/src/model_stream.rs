@@ -48,7 +48,7 @@ pub fn model_updates<'scope>(
                 if let Some(feed) = &feed {
                     while let Ok(update) = feed.updates.try_recv() {
                         let now = *cap.time();
-                        let effective = update.artifact().ok().and_then(|a| a.effective_from).unwrap_or(now);
+                        let effective = update.effective_from.unwrap_or(now);
                         let at = effective.max(now);
                         if effective < now {
                             tracing::warn!(model = %update.name, version = update.version, effective_from = effective, applied_from = at,

@@ -126,6 +126,8 @@ impl ModelsSettings {
 pub struct ModelUpdate {
     pub name: String,
     pub version: u64,
+    /// The artifact's `effective_from`, read once by the watcher.
+    pub effective_from: Option<u64>,
     pub bytes: Vec<u8>,
 }
 
@@ -228,7 +230,12 @@ fn poll(
             Ok(artifact) => {
                 tracing::info!(model = %name, version = latest.version, effective_from = ?artifact.effective_from, "new model version");
                 known.insert(name.clone(), latest.version);
-                found(ModelUpdate { name: name.clone(), version: latest.version, bytes });
+                found(ModelUpdate {
+                    name: name.clone(),
+                    version: latest.version,
+                    effective_from: artifact.effective_from,
+                    bytes,
+                });
             }
             Err(e) => {
                 // Remembered, so a bad version is reported once, not at every poll.
