@@ -4,6 +4,7 @@
 
 pub mod cusum;
 pub mod detector;
+pub mod drift;
 pub mod episode;
 pub mod evaluate;
 pub mod features;

@@ -1,0 +1,1 @@
+//! Sequential change detectors (to be written).

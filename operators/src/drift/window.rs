@@ -1,0 +1,1 @@
+//! Window statistics (to be written).
