@@ -188,6 +188,8 @@ pub fn write_postgres<'scope>(
                             SinkEvent::MinuteAggregate(m) => batch.minutes.push(m),
                             // No table yet: asset scores go to the file sinks only.
                             SinkEvent::AssetScore(_) => {}
+                            SinkEvent::Drift(d) => batch.drift.push(*d),
+                            SinkEvent::ModelVersion(m) => batch.model_versions.push(*m),
                         }
                     }
                     batch_since.get_or_insert((time, Instant::now()));

@@ -30,6 +30,8 @@ pub fn render(event: &SinkEvent, emit_scores: bool) -> Option<OutputLine> {
         SinkEvent::AssetScore(s) => {
             emit_scores.then(|| OutputLine { kind: OutputKind::AssetScore, json: to_json(s) })
         }
+        SinkEvent::Drift(d) => Some(OutputLine { kind: OutputKind::Drift, json: to_json(d) }),
+        SinkEvent::ModelVersion(m) => Some(OutputLine { kind: OutputKind::ModelVersion, json: to_json(m) }),
     }
 }
 

@@ -11,7 +11,7 @@ use millstream_connectors::model_store::ModelStoreConfig;
 use millstream_events::{EventTime, Reading};
 use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
 use millstream_operators::kmeans::{self, KMeansConfig};
-use millstream_operators::model::ModelArtifact;
+use millstream_operators::model::{signal_references, ModelArtifact};
 
 /// Which features a model computes, when `--features` does not list them: every sensor of
 /// the asset, smoothed over `smoothing` buckets; the `rate_of` sensors enter as their change
@@ -42,6 +42,17 @@ impl FeatureChoice {
     }
 }
 
+/// One time bucket of one asset, as the asset stage sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignedRow {
+    /// Start of the bucket.
+    pub ts: EventTime,
+    /// The model's features, in the plan's order (NaN: not computable yet).
+    pub features: Vec<f64>,
+    /// Each plan sensor's mean in this bucket (`None`: no reading).
+    pub sensors: Vec<Option<f64>>,
+}
+
 /// Feature rows of one asset's readings, bucket by bucket, as the asset stage computes them.
 /// `readings` must be of one asset; they are ordered here by (ts, sensor).
 pub fn feature_rows(
@@ -49,6 +60,11 @@ pub fn feature_rows(
     plan: &FeaturePlan,
     bucket_ms: u64,
 ) -> Vec<(EventTime, Vec<f64>)> {
+    aligned_rows(readings, plan, bucket_ms).into_iter().map(|row| (row.ts, row.features)).collect()
+}
+
+/// [`feature_rows`] with each bucket's sensor means as well (the drift references).
+pub fn aligned_rows(readings: &mut [Reading], plan: &FeaturePlan, bucket_ms: u64) -> Vec<AlignedRow> {
     readings.sort_by(|a, b| {
         (a.ts, &a.sensor_id, a.value.to_bits()).cmp(&(b.ts, &b.sensor_id, b.value.to_bits()))
     });
@@ -56,12 +72,16 @@ pub fn feature_rows(
     let mut accumulator = BucketAccumulator::new(plan.sensors.len());
     let mut rows = Vec::new();
     let mut bucket: Option<EventTime> = None;
-    let mut row = Vec::new();
+    let mut close = |ts: EventTime, accumulator: &mut BucketAccumulator, rows: &mut Vec<AlignedRow>| {
+        let sensors = accumulator.take().to_vec();
+        let mut features = Vec::new();
+        state.push(plan, &sensors, &mut features);
+        rows.push(AlignedRow { ts, features, sensors });
+    };
     for reading in readings.iter() {
         let b = reading.ts - reading.ts % bucket_ms;
         if let Some(open) = bucket.filter(|open| *open != b) {
-            state.push(plan, accumulator.take(), &mut row);
-            rows.push((open, row.clone()));
+            close(open, &mut accumulator, &mut rows);
         }
         bucket = Some(b);
         if let Some(i) = plan.sensor_index(sensor_name(&reading.sensor_id)) {
@@ -69,8 +89,7 @@ pub fn feature_rows(
         }
     }
     if let Some(open) = bucket {
-        state.push(plan, accumulator.take(), &mut row);
-        rows.push((open, row));
+        close(open, &mut accumulator, &mut rows);
     }
     rows
 }
@@ -243,7 +262,8 @@ pub fn train(args: TrainArgs, store: Option<ModelStoreConfig>) -> anyhow::Result
     };
     let plan = FeaturePlan::from_names(&names)?;
     bar.set_message(format!("aligning {} readings of {asset} into {bucket_ms} ms buckets", readings.len()));
-    let rows = feature_rows(&mut readings, &plan, bucket_ms);
+    let aligned = aligned_rows(&mut readings, &plan, bucket_ms);
+    let rows: Vec<(EventTime, Vec<f64>)> = aligned.iter().map(|r| (r.ts, r.features.clone())).collect();
     let window = match (from, until) {
         (None, None) => None,
         (f, u) => Some((
@@ -257,6 +277,12 @@ pub fn train(args: TrainArgs, store: Option<ModelStoreConfig>) -> anyhow::Result
     model.name = name.clone();
     model.class = class.unwrap_or_else(|| name.clone());
     model.effective_from = effective_from.as_deref().map(parse_time).transpose()?;
+    let (first, last) = (model.training.first_ts.unwrap_or(0), model.training.last_ts.unwrap_or(u64::MAX));
+    model.signals = signal_references(
+        &plan.sensors,
+        aligned.iter().filter(|r| r.ts >= first && r.ts <= last).map(|r| r.sensors.as_slice()),
+        config.sketch_points as usize,
+    );
     bar.set_message(format!("uploading to {}", store_config.url));
     let store = store_config.open().map_err(|e| anyhow::anyhow!("model store: {e}"))?;
     let version = store.put(&name, &model.encode()?).map_err(|e| anyhow::anyhow!("model store: {e}"))?;

@@ -11,6 +11,7 @@
 
 pub mod anomaly;
 pub mod dead_letter;
+pub mod drift;
 pub mod decode;
 pub mod event_id;
 pub mod fault;
@@ -22,6 +23,7 @@ pub mod time;
 pub use compact_str::CompactString;
 
 pub use anomaly::{Anomaly, AssetScore, Episode, EpisodeState, ScoredReading, Severity};
+pub use drift::{DriftEvent, DriftStatistic, ModelVersionEvent, ModelVersionStatus};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
 pub use ingest::{Accepted, Arrival, Ingested, RawRef, TimeModel, Watermark};
 pub use output::{MinuteRow, OutputKind, OutputLine, ReadingRow, SinkEvent};

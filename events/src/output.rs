@@ -9,11 +9,19 @@ pub enum OutputKind {
     DeadLetter,
     Score,
     AssetScore,
+    Drift,
+    ModelVersion,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 4] =
-        [OutputKind::Anomaly, OutputKind::DeadLetter, OutputKind::Score, OutputKind::AssetScore];
+    pub const ALL: [OutputKind; 6] = [
+        OutputKind::Anomaly,
+        OutputKind::DeadLetter,
+        OutputKind::Score,
+        OutputKind::AssetScore,
+        OutputKind::Drift,
+        OutputKind::ModelVersion,
+    ];
 
     /// Written only with `--emit-scores`.
     pub fn is_score(self) -> bool {
@@ -27,6 +35,8 @@ impl OutputKind {
             OutputKind::DeadLetter => "dead_letters.jsonl",
             OutputKind::Score => "scores.jsonl",
             OutputKind::AssetScore => "asset_scores.jsonl",
+            OutputKind::Drift => "drift.jsonl",
+            OutputKind::ModelVersion => "model_versions.jsonl",
         }
     }
 
@@ -37,6 +47,8 @@ impl OutputKind {
             OutputKind::DeadLetter => "dead_letter",
             OutputKind::Score => "score",
             OutputKind::AssetScore => "asset_score",
+            OutputKind::Drift => "drift",
+            OutputKind::ModelVersion => "model_version",
         }
     }
 }
@@ -92,4 +104,8 @@ pub enum SinkEvent {
     MinuteAggregate(MinuteRow),
     /// An asset's multivariate score for one time bucket (`asset_scores.jsonl`).
     AssetScore(crate::AssetScore),
+    /// A drift statistic past its threshold (`drift.jsonl`, `drift_events`, notifications).
+    Drift(Box<crate::DriftEvent>),
+    /// A model version the retrainer made or refused (`model_versions`).
+    ModelVersion(Box<crate::ModelVersionEvent>),
 }

@@ -394,6 +394,7 @@ pub fn train(
         params: config.clone(),
         bucket_ms: DEFAULT_BUCKET_MS,
         effective_from: None,
+        signals: Vec::new(),
     };
     artifact.validate().map_err(|e| TrainError::Fit(e.to_string()))?;
     Ok(artifact)

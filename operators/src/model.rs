@@ -38,7 +38,7 @@ use crate::kmeans::KMeansConfig;
 pub const MAGIC: &[u8; 7] = b"MSMODEL";
 /// The format version [`ModelArtifact::encode`] writes (and the only one `decode` reads today).
 /// Version 2 added `bucket_ms` and `effective_from`; version 1 was never released.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Magic, version, length and checksum.
 pub const HEADER_LEN: usize = 7 + 2 + 4 + 4;
 /// The largest body `decode` accepts (a model with thousands of features is still far below).
@@ -256,6 +256,41 @@ pub struct ModelArtifact {
     /// The event time from which the dataflow serves this version (all workers switch at
     /// that time); `None`: as soon as it is seen.
     pub effective_from: Option<u64>,
+    /// The drift reference of each sensor the features read, in [`crate::features::FeaturePlan`]
+    /// order: the distribution of the sensor's bucket means in training (format 3). Empty: the
+    /// model gives no per-sensor drift reference (its feature references still serve).
+    pub signals: Vec<SignalReference>,
+}
+
+/// The drift references of `sensors` from training buckets: `buckets[i][j]` is sensor `j`'s
+/// mean in bucket `i` (`None`: no reading). Sketches of `points` quantiles.
+pub fn signal_references<'a>(
+    sensors: &[String],
+    buckets: impl IntoIterator<Item = &'a [Option<f64>]>,
+    points: usize,
+) -> Vec<SignalReference> {
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); sensors.len()];
+    for bucket in buckets {
+        for (column, value) in columns.iter_mut().zip(bucket) {
+            column.extend(value.filter(|v| v.is_finite()));
+        }
+    }
+    sensors
+        .iter()
+        .zip(columns)
+        .map(|(sensor, column)| SignalReference {
+            sensor: sensor.clone(),
+            sketch: QuantileSketch::from_values(&column, points),
+        })
+        .collect()
+}
+
+/// One sensor's training distribution (its bucket means), the reference of its drift windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalReference {
+    /// The sensor name (the last `/` part of a sensor id), as the features name it.
+    pub sensor: String,
+    pub sketch: QuantileSketch,
 }
 
 impl ModelArtifact {
@@ -338,6 +373,15 @@ impl ModelArtifact {
                 || !sketch.values.windows(2).all(|w| w[0] <= w[1])
             {
                 return bad(format!("feature {name}: sketch is not non-decreasing"));
+            }
+        }
+        for signal in &self.signals {
+            let sketch = &signal.sketch;
+            if sketch.levels.len() != sketch.values.len()
+                || !sketch.values.windows(2).all(|w| w[0] <= w[1])
+                || !sketch.values.iter().all(|v| v.is_finite() || sketch.count == 0)
+            {
+                return bad(format!("sensor {}: reference sketch is malformed", signal.sensor));
             }
         }
         let k = self.centroids.len();
@@ -436,6 +480,10 @@ mod tests {
             params: KMeansConfig::default(),
             bucket_ms: 1_000,
             effective_from: None,
+            signals: vec![SignalReference {
+                sensor: "vibration".into(),
+                sketch: QuantileSketch::from_values(&[1.0, 2.0, 3.0], 33),
+            }],
         }
     }
 

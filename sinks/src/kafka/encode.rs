@@ -1,8 +1,10 @@
 //! Kafka records for sink events: anomalies go to the notification topic keyed by asset, with
 //! their `event_id` in a header; dead letters go to the dead-letter topic as their raw bytes,
-//! with the reason and the source location in headers.
+//! with the reason and the source location in headers. Drift events and model versions go to the
+//! notification topic too (`kind` header `drift` or `model_version`), keyed by asset or model.
 
 use millstream_events::{Anomaly, DeadLetter, EventTime, SinkEvent, SourceLocation};
+
 
 /// Which of the sink's topics a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,31 @@ pub fn encode(event: &SinkEvent, time: EventTime) -> Option<Outgoing> {
     match event {
         SinkEvent::Anomaly(a) => Some(notification(a, time)),
         SinkEvent::DeadLetter(d) => Some(dead_letter(d, time)),
+        SinkEvent::Drift(d) => {
+            Some(tagged_notification(d.asset_id.to_string(), d.as_ref(), &d.event_id, "drift", time))
+        }
+        SinkEvent::ModelVersion(m) => {
+            let id = format!("{}@v{}", m.model, m.version);
+            Some(tagged_notification(m.model.clone(), m.as_ref(), &id, "model_version", time))
+        }
         SinkEvent::Reading(_) | SinkEvent::MinuteAggregate(_) | SinkEvent::AssetScore(_) => None,
+    }
+}
+
+/// A notification of another kind than an anomaly: its JSON, keyed, with its id and kind.
+fn tagged_notification<T: serde::Serialize>(
+    key: String,
+    value: &T,
+    id: &str,
+    kind: &'static str,
+    time: EventTime,
+) -> Outgoing {
+    Outgoing {
+        role: TopicRole::Notifications,
+        key: Some(key),
+        payload: serde_json::to_vec(value).expect("notifications always serialize"),
+        headers: vec![("event_id", id.as_bytes().to_vec()), ("kind", kind.as_bytes().to_vec())],
+        time,
     }
 }
 

@@ -48,8 +48,10 @@ impl Migration {
 }
 
 /// Every migration of this binary, in order. Must list exactly the files in `migrations/`.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") },
+    Migration { version: 2, name: "drift", sql: include_str!("../../../migrations/0002_drift.sql") },
+];
 
 /// The key of the advisory lock held while migrating (the bytes of "millstrm").
 pub const LOCK_KEY: i64 = 0x6d69_6c6c_7374_726d;

@@ -16,7 +16,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::pin_mut;
-use millstream_events::{Anomaly, DeadLetter, MinuteRow, ReadingRow};
+use millstream_events::{Anomaly, DeadLetter, DriftEvent, MinuteRow, ModelVersionEvent, ReadingRow};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -33,11 +33,18 @@ pub struct PgBatch {
     pub dead_letters: Vec<DeadLetter>,
     /// New values of `readings_1m` rows, oldest first (later ones win).
     pub minutes: Vec<MinuteRow>,
+    pub drift: Vec<DriftEvent>,
+    pub model_versions: Vec<ModelVersionEvent>,
 }
 
 impl PgBatch {
     pub fn rows(&self) -> usize {
-        self.readings.len() + self.anomalies.len() + self.dead_letters.len() + self.minutes.len()
+        self.readings.len()
+            + self.anomalies.len()
+            + self.dead_letters.len()
+            + self.minutes.len()
+            + self.drift.len()
+            + self.model_versions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -49,6 +56,8 @@ impl PgBatch {
         self.anomalies.clear();
         self.dead_letters.clear();
         self.minutes.clear();
+        self.drift.clear();
+        self.model_versions.clear();
     }
 }
 
@@ -301,6 +310,57 @@ async fn attempt(
                  AS t(id, reason, detail, raw, source) \
                  ON CONFLICT (dead_letter_id) DO NOTHING",
                 &[&ids, &reasons, &details, &raws, &sources],
+            )
+            .await?;
+    }
+    // Drift events and model versions are rare: one statement each.
+    for d in &batch.drift {
+        transaction
+            .execute(
+                "INSERT INTO drift_events (event_id, asset_id, sensor_id, feature, statistic, value, threshold, \
+                 window_start, window_end, count, model_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING",
+                &[
+                    &d.event_id,
+                    &d.asset_id.as_str(),
+                    &d.sensor_id.as_deref(),
+                    &d.feature,
+                    &d.statistic.as_str(),
+                    &d.value,
+                    &d.threshold,
+                    &system_time(d.window_start),
+                    &system_time(d.window_end),
+                    &(d.count as i64),
+                    &d.model_version,
+                ],
+            )
+            .await?;
+    }
+    for m in &batch.model_versions {
+        let status = match m.status {
+            millstream_events::ModelVersionStatus::Serving => "serving",
+            millstream_events::ModelVersionStatus::Refused => "refused",
+            millstream_events::ModelVersionStatus::RolledBack => "rolled_back",
+        };
+        transaction
+            .execute(
+                "INSERT INTO model_versions (model, version, parent_version, status, reason, effective_from, \
+                 training_rows, holdback_rows, holdback_anomaly_rate, parent_holdback_anomaly_rate, silhouette, \
+                 published) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+                &[
+                    &m.model,
+                    &(m.version as i64),
+                    &m.parent_version.map(|v| v as i64),
+                    &status,
+                    &m.reason,
+                    &system_time(m.effective_from),
+                    &(m.training_rows as i64),
+                    &(m.holdback_rows as i64),
+                    &m.holdback_anomaly_rate,
+                    &m.parent_holdback_anomaly_rate,
+                    &m.silhouette,
+                    &m.published,
+                ],
             )
             .await?;
     }
