@@ -80,7 +80,8 @@ impl DriftEvent {
     /// Sets `event_id` from the fields that make this event itself.
     pub fn with_id(mut self) -> Self {
         let subject = format!("{}|{}", self.subject(), self.model_version);
-        self.event_id = crate::event_id::event_id("drift", self.statistic.as_str(), &subject, self.window_end);
+        self.event_id =
+            crate::event_id::event_id("drift", self.statistic.as_str(), &subject, self.window_end);
         self
     }
 }

@@ -11,8 +11,8 @@
 
 pub mod anomaly;
 pub mod dead_letter;
-pub mod drift;
 pub mod decode;
+pub mod drift;
 pub mod event_id;
 pub mod fault;
 pub mod ingest;
@@ -23,8 +23,8 @@ pub mod time;
 pub use compact_str::CompactString;
 
 pub use anomaly::{Anomaly, AssetScore, Episode, EpisodeState, ScoredReading, Severity};
-pub use drift::{DriftEvent, DriftStatistic, ModelVersionEvent, ModelVersionStatus};
 pub use dead_letter::{DeadLetter, Reason, Rejection, SourceLocation};
+pub use drift::{DriftEvent, DriftStatistic, ModelVersionEvent, ModelVersionStatus};
 pub use ingest::{Accepted, Arrival, Ingested, RawRef, TimeModel, Watermark};
 pub use output::{MinuteRow, OutputKind, OutputLine, ReadingRow, SinkEvent};
 pub use reading::{Origin, Reading};

@@ -5,7 +5,6 @@
 
 use millstream_events::{Anomaly, DeadLetter, EventTime, SinkEvent, SourceLocation};
 
-
 /// Which of the sink's topics a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicRole {
