@@ -58,9 +58,25 @@ pub fn build<'scope>(
     if let Some(models) = &context.models {
         let feed =
             if scope.index() == 0 { context.model_feed.lock().expect("never poisoned").take() } else { None };
-        let updates =
+        let mut updates =
             crate::model_stream::model_updates(scope, rejected.clone(), feed, Arc::clone(&context.stats));
+        let mut drift_events = None;
+        if models.drift.enabled {
+            let drift = crate::drift::drift_stage(
+                scope,
+                events.clone(),
+                updates,
+                Arc::clone(models),
+                context.config.epoch_ms,
+                Arc::clone(&context.stats),
+            );
+            updates = drift.updates;
+            drift_events = Some(drift.events);
+        }
         events = crate::asset::score_assets(events, updates, Arc::clone(models), Arc::clone(&context));
+        if let Some(drift_events) = drift_events {
+            events = events.concat(drift_events);
+        }
     }
     let events = events.concat(decode_dead_letters);
     let emit_scores = context.config.emit_scores;

@@ -12,6 +12,7 @@ pub mod bench_kafka;
 pub mod bench_pg;
 pub mod config;
 pub mod demo;
+pub mod drift;
 pub mod eval;
 pub mod graph;
 pub mod health;

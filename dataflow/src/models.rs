@@ -39,6 +39,10 @@ pub struct ModelsSettings {
     /// Hysteresis of the per-asset episodes. An episode opens at the model's own threshold
     /// (`calibration.threshold`, 0.8 by default).
     pub episodes: EpisodeConfig,
+    /// `[models.drift]`: drift windows and sequential detectors against each model's reference.
+    pub drift: crate::drift::settings::DriftSettings,
+    /// `[models.retrain]`: new versions on sustained drift.
+    pub retrain: crate::drift::settings::RetrainSettings,
 }
 
 /// Assets whose id starts with `prefix` are of one class, served by `model`.
@@ -60,6 +64,8 @@ impl Default for ModelsSettings {
             assets: BTreeMap::new(),
             classes: Vec::new(),
             episodes: EpisodeConfig { close_score: 0.8, close_after_ms: 0 },
+            drift: Default::default(),
+            retrain: Default::default(),
         }
     }
 }
@@ -92,7 +98,18 @@ impl ModelsSettings {
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
-        let ModelsSettings { store, poll_interval_ms, default: _, assets: _, classes, episodes } = self;
+        let ModelsSettings {
+            store,
+            poll_interval_ms,
+            default: _,
+            assets: _,
+            classes,
+            episodes,
+            drift,
+            retrain,
+        } = self;
+        drift.check()?;
+        retrain.check(drift)?;
         if store.is_none() && !self.model_names().is_empty() {
             anyhow::bail!("[models] names models but has no `store`");
         }

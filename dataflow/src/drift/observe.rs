@@ -1,0 +1,419 @@
+//! The drift stage's first operator: per asset, in event-time order, the readings are aligned
+//! into the serving model's buckets (as the asset stage and `train` align them), and each
+//! closed bucket yields
+//! - one window observation per sensor (its bucket mean's reference bin) and per model feature,
+//!   for the differential windows ([`super::windows`]);
+//! - a step of each sensor's sequential change detector, and a drift event when it fires;
+//! - a training row (features, sensor means, and whether the bucket was clean) for the
+//!   retrainer.
+//!
+//! A bucket is clean when none of its readings was flagged by validation or scored as
+//! anomalous by the per-sensor detectors: retraining must not learn the faults.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use millstream_events::{CompactString, DriftEvent, DriftStatistic, EventTime, ReadingRow, SinkEvent};
+use millstream_operators::drift::sequential::{ChangeDetector, ChangeKind};
+use millstream_operators::drift::window::ReferenceBins;
+use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
+use millstream_operators::model::ModelArtifact;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::settings::DriftSettings;
+use crate::models::{ModelUpdate, ModelsSettings};
+
+/// A per-sensor score at or above this marks its bucket unclean (the severity "warning" level).
+const UNCLEAN_SCORE: f64 = 0.8;
+
+/// What one window is over: a sensor, or a feature of an asset, against one model version.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowKey {
+    /// `NAME@vN`.
+    pub model: String,
+    pub asset_id: String,
+    /// The sensor id, or the feature name.
+    pub subject: String,
+    pub is_feature: bool,
+}
+
+/// One bucket of one asset, for the retrainer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRow {
+    pub model: String,
+    pub asset_id: String,
+    /// Start of the bucket.
+    pub ts: EventTime,
+    pub features: Vec<f64>,
+    pub sensors: Vec<Option<f64>>,
+    pub clean: bool,
+}
+
+/// What the observer hands on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Observation {
+    /// A value in `bin` of `key`'s reference, entering the window at the time it carries.
+    Window(WindowKey, u16, EventTime),
+    Drift(Box<DriftEvent>),
+    Row(Box<TrainingRow>),
+}
+
+/// A model version's references, decoded once per worker.
+pub struct References {
+    pub version: u64,
+    pub label: String,
+    pub artifact: ModelArtifact,
+    pub plan: FeaturePlan,
+    /// Per plan sensor, and per feature.
+    pub sensors: Vec<Option<ReferenceBins>>,
+    pub features: Vec<Option<ReferenceBins>>,
+}
+
+impl References {
+    pub fn decode(update: &ModelUpdate, bins: usize) -> Result<References, String> {
+        let artifact = update.artifact().map_err(|e| e.to_string())?;
+        let plan = FeaturePlan::from_names(&artifact.features).map_err(|e| e.to_string())?;
+        let sensors = plan
+            .sensors
+            .iter()
+            .map(|sensor| {
+                artifact
+                    .signals
+                    .iter()
+                    .find(|s| &s.sensor == sensor)
+                    .and_then(|s| ReferenceBins::from_sketch(&s.sketch, bins))
+            })
+            .collect();
+        let features =
+            artifact.reference.iter().map(|sketch| ReferenceBins::from_sketch(sketch, bins)).collect();
+        Ok(References {
+            version: update.version,
+            label: format!("{}@v{}", update.name, update.version),
+            artifact,
+            plan,
+            sensors,
+            features,
+        })
+    }
+}
+
+/// Applies `update` to `models` unless that version (or a newer one) is already there: the
+/// retrainer's own versions also come back through the store's watcher.
+pub fn apply_update(models: &mut FxHashMap<String, Arc<References>>, update: &ModelUpdate, bins: usize) {
+    if models.get(&update.name).is_some_and(|m| m.version >= update.version) {
+        return;
+    }
+    match References::decode(update, bins) {
+        Ok(refs) => {
+            models.insert(update.name.clone(), Arc::new(refs));
+        }
+        Err(e) => {
+            tracing::error!(model = %update.name, version = update.version, error = %e, "model refused by the drift stage")
+        }
+    }
+}
+
+/// A sensor's sequential detector, fed block means: `block_buckets` consecutive bucket means
+/// averaged. Sensors are autocorrelated (cycles, slow states), and a CUSUM fed every bucket of
+/// a cycle would read each half-cycle as a shift; averaged over blocks as long as the cycle,
+/// the values are nearly independent, which is what the detector's thresholds assume.
+struct SensorDetector {
+    detector: ChangeDetector,
+    /// When the current reference began (the first bucket after a reset).
+    since: Option<EventTime>,
+    block_sum: f64,
+    block_count: u32,
+}
+
+struct AssetState {
+    model: Option<String>,
+    version: u64,
+    bucket_ms: u64,
+    features: FeatureState,
+    accumulator: BucketAccumulator,
+    bucket: Option<EventTime>,
+    clean: bool,
+    detectors: Vec<SensorDetector>,
+    /// The sensor ids seen, per plan sensor (for event subjects).
+    sensor_ids: Vec<Option<CompactString>>,
+    row: Vec<f64>,
+}
+
+pub fn observe<'scope>(
+    events: Stream<'scope, EventTime, Vec<SinkEvent>>,
+    updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
+    models_settings: Arc<ModelsSettings>,
+    epoch_ms: u64,
+) -> Stream<'scope, EventTime, Vec<Observation>> {
+    let settings: DriftSettings = models_settings.drift.clone();
+    let pact = Exchange::new(|e: &SinkEvent| match e {
+        SinkEvent::Reading(r) => crate::score::sensor_route(&r.asset_id),
+        _ => 0,
+    });
+    events.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |_, _| {
+        let epoch_ms = epoch_ms.max(1);
+        let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
+        let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
+        let mut pending: BTreeMap<EventTime, Vec<ReadingRow>> = BTreeMap::new();
+        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
+        let mut capability: Option<Capability<EventTime>> = None;
+        let mut emit: Vec<(EventTime, Observation)> = Vec::new();
+        move |(readings, readings_frontier), (updates, updates_frontier), output| {
+            readings.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                let kept: Vec<ReadingRow> = data
+                    .drain(..)
+                    .filter_map(|e| match e {
+                        SinkEvent::Reading(r) if !r.late => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    return;
+                }
+                if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                    capability = cap.retain_least(0);
+                }
+                pending.entry(time).or_default().extend(kept);
+            });
+            updates.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                pending_updates.entry(time).or_default().append(data);
+            });
+            let complete = |t: &EventTime| {
+                !readings_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
+            };
+            loop {
+                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
+                let next_readings = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
+                match (next_update, next_readings) {
+                    (Some(u), r) if r.is_none_or(|r| u <= r) => {
+                        close_buckets_before(u, epoch_ms, &mut assets, &models, &settings, &mut emit);
+                        for update in pending_updates.remove(&u).unwrap_or_default() {
+                            apply_update(&mut models, &update, settings.bins);
+                        }
+                    }
+                    (_, Some(time)) => {
+                        let mut group = pending.remove(&time).unwrap_or_default();
+                        group.sort_by(|a, b| (a.ts, &a.sensor_id).cmp(&(b.ts, &b.sensor_id)));
+                        for reading in group {
+                            admit(reading, &mut assets, &models, &models_settings, &settings, &mut emit);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let in_flight = [readings_frontier.frontier().first(), updates_frontier.frontier().first()]
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(pending.first_key_value().map(|(t, _)| *t))
+                .min()
+                .unwrap_or(EventTime::MAX);
+            close_buckets_before(in_flight, epoch_ms, &mut assets, &models, &settings, &mut emit);
+            if !emit.is_empty() {
+                let cap = capability.as_ref().expect("observations come from held readings");
+                emit.sort_by_key(|(t, _)| *t);
+                let mut items = emit.drain(..).peekable();
+                while let Some((t, first)) = items.next() {
+                    let time_cap = cap.delayed(&t.max(*cap.time()));
+                    let mut session = output.session(&time_cap);
+                    session.give(first);
+                    while let Some((_, item)) = items.next_if(|(u, _)| *u == t) {
+                        session.give(item);
+                    }
+                }
+            }
+            // Hold the capability at the earliest reading still pending or in an open bucket.
+            let earliest = pending
+                .first_key_value()
+                .map(|(t, _)| *t)
+                .into_iter()
+                .chain(assets.values().filter_map(|s| s.bucket.map(|b| epoch(b, epoch_ms))))
+                .min();
+            match (earliest, capability.as_mut()) {
+                (Some(t), Some(cap)) if t > *cap.time() => cap.downgrade(&t),
+                (Some(_), Some(_)) => {}
+                (None, _) => capability = None,
+                (Some(_), None) => unreachable!("held readings came with a capability"),
+            }
+        }
+    })
+}
+
+fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
+    t - t % epoch_ms
+}
+
+fn close_buckets_before(
+    limit: EventTime,
+    epoch_ms: u64,
+    assets: &mut FxHashMap<CompactString, AssetState>,
+    models: &FxHashMap<String, Arc<References>>,
+    settings: &DriftSettings,
+    emit: &mut Vec<(EventTime, Observation)>,
+) {
+    for (asset, state) in assets.iter_mut() {
+        let Some(bucket) = state.bucket else { continue };
+        let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
+        if epoch(bucket.saturating_add(state.bucket_ms.max(1) - 1), epoch_ms) < limit {
+            close_bucket(asset, state, refs, settings, emit);
+        }
+    }
+}
+
+fn admit(
+    reading: ReadingRow,
+    assets: &mut FxHashMap<CompactString, AssetState>,
+    models: &FxHashMap<String, Arc<References>>,
+    models_settings: &ModelsSettings,
+    settings: &DriftSettings,
+    emit: &mut Vec<(EventTime, Observation)>,
+) {
+    let state = match assets.get_mut(reading.asset_id.as_str()) {
+        Some(state) => state,
+        None => {
+            let model = models_settings.model_for(&reading.asset_id).map(str::to_owned);
+            assets.entry(reading.asset_id.clone()).or_insert(AssetState::new(model))
+        }
+    };
+    let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) else { return };
+    if state.version != refs.version {
+        // A new version: its references replace the old ones; the open bucket (aligned for
+        // the old one) is dropped, and the detectors learn their reference again.
+        *state = AssetState::new(state.model.take());
+        state.version = refs.version;
+        state.bucket_ms = refs.artifact.bucket_ms.max(1);
+        state.features = FeatureState::new(&refs.plan);
+        state.accumulator = BucketAccumulator::new(refs.plan.sensors.len());
+        state.detectors = (0..refs.plan.sensors.len())
+            .map(|_| SensorDetector {
+                detector: ChangeDetector::new(&settings.sequential),
+                since: None,
+                block_sum: 0.0,
+                block_count: 0,
+            })
+            .collect();
+        state.sensor_ids = vec![None; refs.plan.sensors.len()];
+    }
+    let bucket = reading.ts - reading.ts % state.bucket_ms;
+    if state.bucket.is_some_and(|b| b != bucket) {
+        let asset = reading.asset_id.clone();
+        close_bucket(&asset, state, refs, settings, emit);
+    }
+    if state.bucket.is_none() {
+        state.bucket = Some(bucket);
+        state.clean = true;
+    }
+    if let Some(i) = refs.plan.sensor_index(sensor_name(&reading.sensor_id)) {
+        state.accumulator.add(i, reading.value);
+        if state.sensor_ids[i].is_none() {
+            state.sensor_ids[i] = Some(reading.sensor_id.clone());
+        }
+    }
+    state.clean &= reading.quality == 0 && reading.score < UNCLEAN_SCORE;
+}
+
+fn close_bucket(
+    asset: &CompactString,
+    state: &mut AssetState,
+    refs: &References,
+    settings: &DriftSettings,
+    emit: &mut Vec<(EventTime, Observation)>,
+) {
+    let Some(bucket) = state.bucket.take() else { return };
+    let end = bucket + state.bucket_ms;
+    let sensors = state.accumulator.take().to_vec();
+    state.features.push(&refs.plan, &sensors, &mut state.row);
+    let enter = end.div_ceil(settings.slide_ms) * settings.slide_ms;
+    for (i, value) in sensors.iter().enumerate() {
+        let (Some(value), Some(sensor_id)) = (value, &state.sensor_ids[i]) else { continue };
+        if let Some(bin) = refs.sensors[i].as_ref().and_then(|bins| bins.bin_of(*value)) {
+            let key = WindowKey {
+                model: refs.label.clone(),
+                asset_id: asset.to_string(),
+                subject: sensor_id.to_string(),
+                is_feature: false,
+            };
+            emit.push((end, Observation::Window(key, bin, enter)));
+        }
+        if !settings.sequential.enabled {
+            continue;
+        }
+        let detector = &mut state.detectors[i];
+        let since = *detector.since.get_or_insert(bucket);
+        detector.block_sum += value;
+        detector.block_count += 1;
+        if detector.block_count < settings.block_buckets {
+            continue;
+        }
+        let block_mean = detector.block_sum / f64::from(detector.block_count);
+        (detector.block_sum, detector.block_count) = (0.0, 0);
+        if let Some(change) = detector.detector.update(block_mean) {
+            let (statistic, signed) = match change.kind {
+                ChangeKind::MeanUp => (DriftStatistic::MeanShift, change.statistic),
+                ChangeKind::MeanDown => (DriftStatistic::MeanShift, -change.statistic),
+                ChangeKind::VarianceUp => (DriftStatistic::VarianceShift, change.statistic),
+                ChangeKind::VarianceDown => (DriftStatistic::VarianceShift, -change.statistic),
+            };
+            let event = DriftEvent {
+                event_id: String::new(),
+                asset_id: asset.clone(),
+                sensor_id: Some(sensor_id.clone()),
+                feature: None,
+                statistic,
+                value: signed,
+                threshold: change.statistic, // FIXME
+                window_start: since,
+                window_end: end,
+                count: change.samples,
+                model_version: refs.label.clone(),
+            }
+            .with_id();
+            emit.push((end, Observation::Drift(Box::new(event))));
+            detector.since = None;
+        }
+    }
+    for (j, value) in state.row.iter().enumerate() {
+        if let Some(bin) = refs.features[j].as_ref().and_then(|bins| bins.bin_of(*value)) {
+            let key = WindowKey {
+                model: refs.label.clone(),
+                asset_id: asset.to_string(),
+                subject: refs.artifact.features[j].clone(),
+                is_feature: true,
+            };
+            emit.push((end, Observation::Window(key, bin, enter)));
+        }
+    }
+    let row = TrainingRow {
+        model: state.model.clone().unwrap_or_default(),
+        asset_id: asset.to_string(),
+        ts: bucket,
+        features: state.row.clone(),
+        sensors,
+        clean: state.clean,
+    };
+    emit.push((end, Observation::Row(Box::new(row))));
+}
+
+impl AssetState {
+    fn new(model: Option<String>) -> AssetState {
+        AssetState {
+            model,
+            version: 0,
+            bucket_ms: 1,
+            features: FeatureState::default(),
+            accumulator: BucketAccumulator::default(),
+            bucket: None,
+            clean: true,
+            detectors: Vec::new(),
+            sensor_ids: Vec::new(),
+            row: Vec::new(),
+        }
+    }
+}

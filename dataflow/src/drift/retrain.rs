@@ -1,0 +1,407 @@
+//! The retrainer: one worker per model (the stream is exchanged by model name) keeps the
+//! model's recent training rows and answers retraining requests.
+//!
+//! A request for the serving version (from a window in drift for `sustain_ms`) fits a new
+//! version on the clean buckets since the drift began (at most `window_ms` back), sorted by
+//! (time, asset) so the fit does not depend on how rows reached this worker. The newest
+//! `holdback_fraction` of them is held back: a version that scores more of those as anomalous
+//! than `max_holdback_anomaly_rate` is refused, as is one with fewer than `min_rows` rows to
+//! fit, or one within `min_interval_ms` of the last. A version that passes is published to the
+//! store and sent back into the dataflow, which serves it from `decision + switch_delay_ms`
+//! on every worker (the loop's delay is that switch delay). After a switch, the new version's
+//! anomaly rate on its first `min_rows` buckets is watched; above `rollback_anomaly_rate`, the
+//! parent is published again as a newer version, and served instead.
+//!
+//! Everything here is a function of the data: the same versions at the same event times for
+//! any number of workers or processes. Only the version numbers come from the store (one
+//! above the highest there); a store that cannot be reached leaves the version unpublished
+//! but served, numbered one above the serving one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use millstream_connectors::model_store::ModelStore;
+use millstream_events::{EventTime, ModelVersionEvent, ModelVersionStatus, SinkEvent};
+use millstream_operators::kmeans;
+use millstream_operators::model::{signal_references, ModelArtifact};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::observe::TrainingRow;
+use super::settings::RetrainSettings;
+use super::windows::RetrainRequest;
+use crate::models::{ModelUpdate, ModelsSettings};
+use crate::stats::RunStats;
+
+/// Into the retrainer, by model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TrainerInput {
+    Row(Box<TrainingRow>),
+    Request(RetrainRequest),
+}
+
+impl TrainerInput {
+    fn model(&self) -> &str {
+        match self {
+            TrainerInput::Row(r) => &r.model,
+            TrainerInput::Request(r) => &r.model,
+        }
+    }
+}
+
+/// Out of the retrainer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Retrained {
+    /// A version to serve, at the time it carries plus the loop's delay.
+    Update(ModelUpdate),
+    Lineage(Box<ModelVersionEvent>),
+}
+
+struct Serving {
+    version: u64,
+    artifact: ModelArtifact,
+}
+
+/// A version just switched to, on probation.
+struct Probation {
+    from: EventTime,
+    version: u64,
+    parent: Arc<Serving>,
+    scored: usize,
+    anomalous: usize,
+}
+
+#[derive(Default)]
+struct ModelState {
+    serving: Option<Arc<Serving>>,
+    rows: VecDeque<TrainingRow>,
+    last_retrain: Option<EventTime>,
+    /// The version requests were last answered for (one answer per version).
+    answered: Option<u64>,
+    probation: Option<Probation>,
+}
+
+pub fn retrain<'scope>(
+    inputs: Stream<'scope, EventTime, Vec<TrainerInput>>,
+    updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
+    models_settings: Arc<ModelsSettings>,
+    stats: Arc<RunStats>,
+) -> Stream<'scope, EventTime, Vec<Retrained>> {
+    let settings = models_settings.retrain.clone();
+    let pact = Exchange::new(|i: &TrainerInput| xxhash_rust::xxh3::xxh3_64(i.model().as_bytes()));
+    inputs.binary_frontier(updates, pact, Pipeline, "Retrain", move |_, _| {
+        let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
+        let mut pending: BTreeMap<EventTime, Vec<TrainerInput>> = BTreeMap::new();
+        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
+        let mut capability: Option<Capability<EventTime>> = None;
+        let mut store: Option<Option<Box<dyn ModelStore>>> = None;
+        move |(input, input_frontier), (updates, updates_frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                    capability = cap.retain_least(0);
+                }
+                pending.entry(time).or_default().append(data);
+            });
+            updates.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                pending_updates.entry(time).or_default().append(data);
+            });
+            let complete = |t: &EventTime| {
+                !input_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
+            };
+            loop {
+                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
+                let next = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
+                match (next_update, next) {
+                    (Some(u), t) if t.is_none_or(|t| u <= t) => {
+                        for update in pending_updates.remove(&u).unwrap_or_default() {
+                            serve(&mut models, &update, u);
+                        }
+                    }
+                    (_, Some(t)) => {
+                        let mut group = pending.remove(&t).unwrap_or_default();
+                        let (mut rows, mut requests): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+                        for item in group.drain(..) {
+                            match item {
+                                TrainerInput::Row(row) => rows.push(*row),
+                                TrainerInput::Request(request) => requests.push(request),
+                            }
+                        }
+                        rows.sort_by(|a, b| (a.ts, &a.asset_id).cmp(&(b.ts, &b.asset_id)));
+                        requests.sort_by(|a, b| {
+                            (&a.model, a.since, &a.subject).cmp(&(&b.model, b.since, &b.subject))
+                        });
+                        let mut out = Vec::new();
+                        for row in rows {
+                            add_row(&mut models, row, t, &settings, &mut out);
+                        }
+                        for request in requests {
+                            let store = store.get_or_insert_with(|| open_store(&models_settings));
+                            answer(&mut models, &request, t, &settings, store.as_deref(), &stats, &mut out);
+                        }
+                        if !out.is_empty() {
+                            let cap = capability.as_ref().expect("held with the pending inputs");
+                            output.session(&cap.delayed(&t)).give_iterator(out.into_iter());
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            match (pending.first_key_value().map(|(t, _)| *t), capability.as_mut()) {
+                (Some(t), Some(cap)) => cap.downgrade(&t),
+                (None, _) => capability = None,
+                (Some(_), None) => unreachable!("pending inputs came with a capability"),
+            }
+        }
+    })
+}
+
+fn open_store(settings: &ModelsSettings) -> Option<Box<dyn ModelStore>> {
+    let config = settings.store.as_ref()?;
+    match config.open() {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::error!(error = %e, "the retrainer cannot open the model store: new versions are served but not published");
+            None
+        }
+    }
+}
+
+fn serve(models: &mut FxHashMap<String, ModelState>, update: &ModelUpdate, at: EventTime) {
+    let state = models.entry(update.name.clone()).or_default();
+    if state.serving.as_ref().is_some_and(|s| s.version >= update.version) {
+        return;
+    }
+    match update.artifact() {
+        Ok(artifact) => {
+            state.serving = Some(Arc::new(Serving { version: update.version, artifact }));
+            if let Some(probation) = state.probation.as_mut() {
+                if probation.version == update.version {
+                    probation.from = at;
+                } else {
+                    state.probation = None;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(model = %update.name, version = update.version, error = %e, "model refused by the retrainer")
+        }
+    }
+}
+
+fn add_row(
+    models: &mut FxHashMap<String, ModelState>,
+    row: TrainingRow,
+    now: EventTime,
+    settings: &RetrainSettings,
+    out: &mut Vec<Retrained>,
+) {
+    let state = models.entry(row.model.clone()).or_default();
+    while state.rows.front().is_some_and(|r| r.ts + settings.window_ms < now) {
+        state.rows.pop_front();
+    }
+    let mut rollback = None;
+    if let (Some(probation), Some(serving)) = (state.probation.as_mut(), state.serving.as_ref()) {
+        if serving.version == probation.version && row.ts >= probation.from {
+            probation.scored += 1;
+            if kmeans::score(&serving.artifact, &row.features)
+                .is_ok_and(|s| s.score >= serving.artifact.calibration.threshold)
+            {
+                probation.anomalous += 1;
+            }
+            if probation.scored >= settings.min_rows {
+                let rate = probation.anomalous as f64 / probation.scored as f64;
+                if rate > settings.rollback_anomaly_rate {
+                    rollback = Some((Arc::clone(&probation.parent), probation.version, rate));
+                }
+                state.probation = None;
+            }
+        }
+    }
+    if let Some((parent, bad_version, rate)) = rollback {
+        tracing::warn!(model = %row.model, version = bad_version, anomaly_rate = rate, "new model version rolled back: its anomaly rate exploded");
+        let lineage = ModelVersionEvent {
+            model: row.model.clone(),
+            version: bad_version,
+            parent_version: Some(parent.version),
+            status: ModelVersionStatus::RolledBack,
+            reason: format!(
+                "anomaly rate {rate:.3} over its first {} buckets (limit {})",
+                settings.min_rows, settings.rollback_anomaly_rate
+            ),
+            effective_from: now + settings.switch_delay_ms,
+            training_rows: 0,
+            holdback_rows: 0,
+            holdback_anomaly_rate: rate,
+            parent_holdback_anomaly_rate: 0.0,
+            silhouette: None,
+            published: false,
+        };
+        out.push(Retrained::Lineage(Box::new(lineage)));
+        // The parent comes back as a newer version (versions only go up).
+        let version = bad_version + 1;
+        let mut artifact = parent.artifact.clone();
+        artifact.effective_from = Some(now + settings.switch_delay_ms);
+        if let Ok(bytes) = artifact.encode() {
+            out.push(Retrained::Update(ModelUpdate {
+                name: row.model.clone(),
+                version,
+                effective_from: artifact.effective_from,
+                bytes,
+            }));
+        }
+        state.last_retrain = Some(now);
+    }
+    state.rows.push_back(row);
+}
+
+fn answer(
+    models: &mut FxHashMap<String, ModelState>,
+    request: &RetrainRequest,
+    now: EventTime,
+    settings: &RetrainSettings,
+    store: Option<&dyn ModelStore>,
+    stats: &RunStats,
+    out: &mut Vec<Retrained>,
+) {
+    let Some(state) = models.get_mut(&request.model) else { return };
+    let Some(serving) = state.serving.clone() else { return };
+    if serving.version != request.version || state.answered == Some(serving.version) {
+        return;
+    }
+    if state.last_retrain.is_some_and(|last| now < last + settings.min_interval_ms) {
+        return; // Asked again later: the window stays in drift.
+    }
+    state.answered = Some(serving.version);
+    let effective_from = now + settings.switch_delay_ms;
+    let reason = format!(
+        "drift: {} on {} at {:.2}× its threshold since {}",
+        request.statistic.as_str(),
+        request.subject,
+        request.value,
+        millstream_events::time::format_rfc3339_millis(request.since)
+    );
+    let since = request.since.max(now.saturating_sub(settings.window_ms));
+    let clean: Vec<&TrainingRow> =
+        state.rows.iter().filter(|r| r.clean && r.ts >= since && r.ts <= now).collect();
+    let holdback = ((clean.len() as f64) * settings.holdback_fraction).round() as usize;
+    let (fit, check) = clean.split_at(clean.len() - holdback);
+    let mut lineage = ModelVersionEvent {
+        model: request.model.clone(),
+        version: serving.version + 1,
+        parent_version: Some(serving.version),
+        status: ModelVersionStatus::Refused,
+        reason: reason.clone(),
+        effective_from,
+        training_rows: fit.len() as u64,
+        holdback_rows: check.len() as u64,
+        holdback_anomaly_rate: 0.0,
+        parent_holdback_anomaly_rate: anomaly_rate(&serving.artifact, check),
+        silhouette: None,
+        published: false,
+    };
+    if fit.len() < settings.min_rows {
+        lineage.reason = format!(
+            "{reason}; refused: {} clean buckets to fit, fewer than {}",
+            fit.len(),
+            settings.min_rows
+        );
+        tracing::warn!(model = %request.model, rows = fit.len(), "retraining refused: too little clean data");
+        out.push(Retrained::Lineage(Box::new(lineage)));
+        return;
+    }
+    let data: Vec<Vec<f64>> = fit.iter().map(|r| r.features.clone()).collect();
+    let mut artifact = match kmeans::train(&data, &serving.artifact.features, &serving.artifact.params) {
+        Ok(artifact) => artifact,
+        Err(e) => {
+            lineage.reason = format!("{reason}; refused: training failed: {e}");
+            tracing::warn!(model = %request.model, error = %e, "retraining failed");
+            out.push(Retrained::Lineage(Box::new(lineage)));
+            return;
+        }
+    };
+    let first = fit.first().map(|r| r.ts).unwrap_or(now);
+    let last = fit.last().map(|r| r.ts).unwrap_or(now);
+    artifact = artifact.with_window(first, last).effective_from(Some(effective_from));
+    artifact.name = serving.artifact.name.clone();
+    artifact.class = serving.artifact.class.clone();
+    artifact.bucket_ms = serving.artifact.bucket_ms;
+    let sensors: Vec<String> = millstream_operators::features::FeaturePlan::from_names(&artifact.features)
+        .map(|plan| plan.sensors)
+        .unwrap_or_default();
+    artifact.signals = signal_references(
+        &sensors,
+        fit.iter().map(|r| r.sensors.as_slice()),
+        artifact.params.sketch_points as usize,
+    );
+    lineage.silhouette = artifact.metrics.silhouette;
+    lineage.holdback_anomaly_rate = anomaly_rate(&artifact, check);
+    if lineage.holdback_anomaly_rate > settings.max_holdback_anomaly_rate {
+        lineage.reason = format!(
+            "{reason}; refused: it scores {:.3} of the held-back buckets as anomalous (limit {})",
+            lineage.holdback_anomaly_rate, settings.max_holdback_anomaly_rate
+        );
+        tracing::warn!(model = %request.model, rate = lineage.holdback_anomaly_rate, "retrained model refused on the held-back buckets");
+        out.push(Retrained::Lineage(Box::new(lineage)));
+        return;
+    }
+    let bytes = match artifact.encode() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            lineage.reason = format!("{reason}; refused: {e}");
+            out.push(Retrained::Lineage(Box::new(lineage)));
+            return;
+        }
+    };
+    let published = store.map(|store| store.put(&request.model, &bytes));
+    let version = match published {
+        Some(Ok(version)) => {
+            lineage.published = true;
+            version
+        }
+        Some(Err(e)) => {
+            stats.model_store_errors.inc();
+            tracing::error!(model = %request.model, error = %e, "cannot publish the retrained version; serving it unpublished");
+            serving.version + 1
+        }
+        None => serving.version + 1,
+    };
+    tracing::info!(model = %request.model, version, parent = serving.version, effective_from, rows = fit.len(), "retrained model version");
+    lineage.version = version;
+    lineage.status = ModelVersionStatus::Serving;
+    out.push(Retrained::Lineage(Box::new(lineage)));
+    out.push(Retrained::Update(ModelUpdate {
+        name: request.model.clone(),
+        version,
+        effective_from: Some(effective_from),
+        bytes,
+    }));
+    state.last_retrain = Some(now);
+    state.probation =
+        Some(Probation { from: effective_from, version, parent: serving, scored: 0, anomalous: 0 });
+}
+
+fn anomaly_rate(artifact: &ModelArtifact, rows: &[&TrainingRow]) -> f64 {
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let threshold = artifact.calibration.threshold;
+    let anomalous = rows
+        .iter()
+        .filter(|r| kmeans::score(artifact, &r.features).is_ok_and(|s| s.score >= threshold))
+        .count();
+    anomalous as f64 / rows.len() as f64
+}
+
+/// The lineage event as a sink event.
+pub fn lineage_event(retrained: &Retrained) -> Option<SinkEvent> {
+    match retrained {
+        Retrained::Lineage(l) => Some(SinkEvent::ModelVersion(l.clone())),
+        Retrained::Update(_) => None,
+    }
+}

@@ -1,0 +1,259 @@
+//! Sliding event-time windows, maintained by differential dataflow, and their judge.
+//!
+//! A window observation of `(key, bin)` enters the collection at the first slide boundary at
+//! or after its bucket's end, `s`, with difference +1, and leaves at the first boundary at or
+//! after `s + W` with −1. The collection at boundary `s` is therefore exactly the buckets that
+//! ended in `(s − W, s]`, and it changes only at boundaries: a `reduce` per key turns it into a
+//! histogram once per slide, however many readings arrived. The arrangements compact as the
+//! frontier advances (nothing else holds their traces), so state is the live windows, not the
+//! history.
+//!
+//! The judge compares each new histogram with the serving version's reference bins and
+//! keeps, per key, which statistics are in drift: a statistic that crosses its threshold
+//! emits one drift event; it clears below `clear_ratio × threshold`. A key whose window
+//! empties (a quiet sensor: W without a bucket) closes, and its drift state with it. A key in
+//! drift without a break for `sustain_ms` sends one retraining request for its model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use differential_dataflow::AsCollection;
+use millstream_events::{CompactString, DriftEvent, DriftStatistic, EventTime};
+use millstream_operators::drift::window::WindowStats;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::observe::{apply_update, References, WindowKey};
+use super::settings::{DriftSettings, RetrainSettings};
+use crate::models::ModelUpdate;
+
+/// A model whose window stayed in drift for `sustain_ms`: retrain it on data since `since`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainRequest {
+    pub model: String,
+    /// The version in drift.
+    pub version: u64,
+    /// When the drift began (the first slide it was seen at).
+    pub since: EventTime,
+    /// What drifted, for the lineage's `reason`.
+    pub subject: String,
+    pub statistic: DriftStatistic,
+    pub value: f64,
+}
+
+/// Out of the judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Judgement {
+    Drift(Box<DriftEvent>),
+    Retrain(RetrainRequest),
+}
+
+/// Histograms per key, one new value per slide boundary at which the window changed.
+pub fn window_histograms<'scope>(
+    observations: Stream<'scope, EventTime, Vec<(WindowKey, u16, EventTime)>>,
+    settings: &DriftSettings,
+) -> Stream<'scope, EventTime, Vec<((WindowKey, Vec<u64>), EventTime, isize)>> {
+    let (slide, window) = (settings.slide_ms, settings.window_ms);
+    let bins = settings.bins;
+    observations
+        .flat_map(move |(key, bin, enter)| {
+            let leave = (enter + window).div_ceil(slide) * slide;
+            [((key.clone(), bin), enter, 1isize), ((key, bin), leave, -1isize)]
+        })
+        .as_collection()
+        .reduce_named("DriftHistogram", move |_key, input: &[(&u16, isize)], output| {
+            let mut counts = vec![0u64; bins];
+            for (bin, count) in input {
+                if let Some(slot) = counts.get_mut(usize::from(**bin)) {
+                    *slot += (*count).max(0) as u64;
+                }
+            }
+            output.push((counts, 1isize));
+        })
+        .inner
+}
+
+/// Per key, which statistics are in drift and since when.
+#[derive(Default)]
+struct KeyState {
+    drifting: [bool; 3],
+    /// The first boundary of the current unbroken drift, and whether it was reported.
+    since: Option<EventTime>,
+    requested: bool,
+}
+
+const WINDOW_STATISTICS: [DriftStatistic; 3] =
+    [DriftStatistic::Psi, DriftStatistic::Ks, DriftStatistic::Wasserstein];
+
+pub fn judge<'scope>(
+    histograms: Stream<'scope, EventTime, Vec<((WindowKey, Vec<u64>), EventTime, isize)>>,
+    updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
+    drift: DriftSettings,
+    retrain: RetrainSettings,
+) -> Stream<'scope, EventTime, Vec<Judgement>> {
+    // The reduce's output is already partitioned by key: judge where it is.
+    histograms.binary_frontier(updates, Pipeline, Pipeline, "DriftJudge", move |_, _| {
+        let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
+        // Per time: the new histogram of each key that changed (None: its window emptied).
+        let mut pending: BTreeMap<EventTime, BTreeMap<WindowKey, Option<Vec<u64>>>> = BTreeMap::new();
+        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
+        let mut states: BTreeMap<WindowKey, KeyState> = BTreeMap::new();
+        let mut capability: Option<Capability<EventTime>> = None;
+        move |(input, input_frontier), (updates, updates_frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if capability.as_ref().is_none_or(|c| time < *c.time()) {
+                    capability = cap.retain_least(0);
+                }
+                for ((key, counts), t, diff) in data.drain(..) {
+                    let slot = pending.entry(t).or_default().entry(key).or_insert(None);
+                    if diff > 0 {
+                        *slot = Some(counts);
+                    }
+                }
+            });
+            updates.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                pending_updates.entry(time).or_default().append(data);
+            });
+            let complete = |t: &EventTime| {
+                !input_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
+            };
+            loop {
+                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
+                let next = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
+                match (next_update, next) {
+                    (Some(u), t) if t.is_none_or(|t| u <= t) => {
+                        for update in pending_updates.remove(&u).unwrap_or_default() {
+                            apply_update(&mut models, &update, drift.bins);
+                        }
+                    }
+                    (_, Some(t)) => {
+                        let changed = pending.remove(&t).unwrap_or_default();
+                        let cap = capability.as_ref().expect("held with the pending histograms");
+                        let time_cap = cap.delayed(&t);
+                        let mut session = output.session(&time_cap);
+                        for (key, counts) in changed {
+                            let Some(counts) = counts else {
+                                // The window emptied: it closes, and its drift with it.
+                                states.remove(&key);
+                                continue;
+                            };
+                            judge_window(&key, &counts, t, &models, &drift, &retrain, &mut states, |j| {
+                                session.give(j)
+                            });
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            match (pending.first_key_value().map(|(t, _)| *t), capability.as_mut()) {
+                (Some(t), Some(cap)) => cap.downgrade(&t),
+                (None, _) => capability = None,
+                (Some(_), None) => unreachable!("pending histograms came with a capability"),
+            }
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge_window(
+    key: &WindowKey,
+    counts: &[u64],
+    t: EventTime,
+    models: &FxHashMap<String, Arc<References>>,
+    drift: &DriftSettings,
+    retrain: &RetrainSettings,
+    states: &mut BTreeMap<WindowKey, KeyState>,
+    mut give: impl FnMut(Judgement),
+) {
+    let state = states.entry(key.clone()).or_default();
+    let Some((name, refs)) = key.model.split_once('@').and_then(|(name, _)| Some((name, models.get(name)?)))
+    else {
+        return;
+    };
+    // A window of an older version than the one serving (buckets still in it) is not judged.
+    if refs.label != key.model {
+        return;
+    }
+    let bins = if key.is_feature {
+        refs.artifact.features.iter().position(|f| *f == key.subject).and_then(|j| refs.features[j].as_ref())
+    } else {
+        refs.plan
+            .sensors
+            .iter()
+            .position(|s| s == sensor_of(&key.subject))
+            .and_then(|i| refs.sensors[i].as_ref())
+    };
+    let Some(stats) = bins.and_then(|b| b.compare(counts)) else { return };
+    if stats.count < drift.min_count {
+        return;
+    }
+    let thresholds = [drift.psi_threshold, drift.ks_threshold, drift.wasserstein_threshold];
+    let mut worst: Option<(DriftStatistic, f64)> = None;
+    for (i, statistic) in WINDOW_STATISTICS.into_iter().enumerate() {
+        let value = statistic_value(&stats, statistic);
+        let threshold = thresholds[i];
+        if state.drifting[i] {
+            state.drifting[i] = value >= threshold * drift.clear_ratio;
+        } else if value >= threshold {
+            state.drifting[i] = true;
+            let event = DriftEvent {
+                event_id: String::new(),
+                asset_id: CompactString::from(key.asset_id.as_str()),
+                sensor_id: (!key.is_feature).then(|| CompactString::from(key.subject.as_str())),
+                feature: key.is_feature.then(|| key.subject.clone()),
+                statistic,
+                value,
+                threshold,
+                window_start: t.saturating_sub(drift.window_ms),
+                window_end: t,
+                count: stats.count,
+                model_version: key.model.clone(),
+            }
+            .with_id();
+            give(Judgement::Drift(Box::new(event)));
+        }
+        if state.drifting[i] && worst.is_none_or(|(_, v)| value / threshold > v) {
+            worst = Some((statistic, value / threshold));
+        }
+    }
+    let Some((statistic, ratio)) = worst else {
+        state.since = None;
+        state.requested = false;
+        return;
+    };
+    let since = *state.since.get_or_insert(t);
+    if retrain.enabled && !state.requested && t >= since + retrain.sustain_ms {
+        state.requested = true;
+        give(Judgement::Retrain(RetrainRequest {
+            model: name.to_owned(),
+            version: refs.version,
+            since,
+            subject: if key.is_feature {
+                format!("{}/{}", key.asset_id, key.subject)
+            } else {
+                key.subject.clone()
+            },
+            statistic,
+            value: ratio,
+        }));
+    }
+}
+
+fn statistic_value(stats: &WindowStats, statistic: DriftStatistic) -> f64 {
+    match statistic {
+        DriftStatistic::Psi => stats.psi,
+        DriftStatistic::Ks => stats.ks,
+        _ => stats.wasserstein_relative,
+    }
+}
+
+fn sensor_of(sensor_id: &str) -> &str {
+    millstream_operators::features::sensor_name(sensor_id)
+}

@@ -1,0 +1,217 @@
+//! Drift end to end, through the real `millstream` binary and a real S3-compatible server
+//! (s3s-fs) as the model store:
+//!
+//! - pumps that move from operating mode A to mode B (every level shifts; see
+//!   `common::models`) raise drift events from the differential windows and the sequential
+//!   detectors, only after the shift, and the same events at 1 and 2 workers;
+//! - with retraining on, the sustained drift fits a new version on mode-B data, which lands in
+//!   the store; every asset switches to it at one event time, and the k-means anomaly rate
+//!   after the switch falls back to its level before the drift; `model_versions.jsonl` holds
+//!   the lineage.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::models::{millstream_with, s3_env, samples, train, write_samples, Pump};
+use common::{read_json, START_MS};
+use millstream_testkit::TestS3;
+use serde_json::Value;
+
+const MODEL: &str = "pump";
+const BUCKET: &str = "models";
+/// Mode B from this second on; the scenario ends at `END_S`.
+const SHIFT_S: u64 = 1800;
+const END_S: u64 = 4800;
+
+fn at(s: u64) -> u64 {
+    START_MS + s * 1000
+}
+
+fn ts_field(v: &Value, field: &str) -> u64 {
+    common::parse_ts(v[field].as_str().expect("a timestamp")).expect("it parses")
+}
+
+fn pumps() -> Vec<Pump> {
+    (0..4)
+        .map(|i| {
+            let mut pump = Pump::new(&format!("pump-{i}"), 17.0 * i as f64, 100 + i);
+            pump.mode_b_from = Some(SHIFT_S);
+            pump
+        })
+        .collect()
+}
+
+struct Scenario {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    s3: TestS3,
+    env: Vec<(&'static str, String)>,
+    input: PathBuf,
+}
+
+/// The pumps' readings in a file, and version 1 of the model trained on mode A (the first
+/// 1200 s) in a fresh bucket.
+fn scenario() -> Scenario {
+    let s3 = TestS3::start().expect("an s3s-fs server starts");
+    s3.create_bucket(BUCKET).unwrap();
+    let env = s3_env(&s3);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("pumps.jsonl");
+    write_samples(&input, &samples(&pumps(), START_MS, 0, END_S));
+    let training = dir.path().join("training.jsonl");
+    write_samples(&training, &samples(&pumps()[..1], START_MS, 0, 1200));
+    train(
+        &env,
+        &[
+            "--input",
+            &format!("file:{}", training.display()),
+            "--store",
+            &format!("s3://{BUCKET}/plant"),
+            "--endpoint",
+            &s3.endpoint(),
+            "--name",
+            MODEL,
+        ],
+    );
+    let path = dir.path().to_owned();
+    Scenario { _dir: dir, dir: path, s3, env, input }
+}
+
+fn config(scenario: &Scenario, name: &str, retrain: bool) -> PathBuf {
+    let text = format!(
+        "[models]\nstore = {{ url = \"s3://{BUCKET}/plant\", endpoint = \"{}\", path_style = true, timeout_ms = 2000 }}\n\
+         poll_interval_ms = 200\ndefault = \"{MODEL}\"\n\
+         [models.drift]\nenabled = true\nwindow_ms = 600000\nslide_ms = 60000\n\
+         [models.retrain]\nenabled = {retrain}\nsustain_ms = 180000\nmin_rows = 200\nswitch_delay_ms = 60000\n",
+        scenario.s3.endpoint()
+    );
+    let path = scenario.dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(scenario: &Scenario, config: &Path, out: &Path, workers: usize) {
+    let output = millstream_with(&scenario.env)
+        .args(["run", "--source", &format!("file:{}", scenario.input.display())])
+        .args(["--sink", &format!("jsonl:{}", out.display()), "--emit-scores"])
+        .args(["--allowed-lateness-ms", "1000", "-w", &workers.to_string()])
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .expect("millstream starts");
+    assert!(
+        output.status.success(),
+        "millstream run failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines = common::read_lines(path);
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_level_shift_raises_drift_only_after_it_and_the_same_at_any_worker_count() {
+    let scenario = scenario();
+    let config = config(&scenario, "drift.toml", false);
+    let (one, two) = (scenario.dir.join("w1"), scenario.dir.join("w2"));
+    run(&scenario, &config, &one, 1);
+    run(&scenario, &config, &two, 2);
+
+    let drift = read_json(&one.join("drift.jsonl"));
+    assert!(!drift.is_empty(), "the shift raises drift events");
+    for event in &drift {
+        eprintln!(
+            "{} {} {} {:.3} (threshold {:.3})",
+            event["window_end"],
+            event["sensor_id"].as_str().or(event["feature"].as_str()).unwrap_or("?"),
+            event["statistic"],
+            event["value"].as_f64().unwrap_or(f64::NAN),
+            event["threshold"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for event in &drift {
+        assert!(ts_field(event, "window_end") > at(SHIFT_S), "no drift before the shift, got {event}");
+        assert_eq!(event["model_version"], "pump@v1", "{event}");
+    }
+    let statistic = |s: &str| drift.iter().filter(|e| e["statistic"] == s).count();
+    for s in ["psi", "ks", "wasserstein"] {
+        assert!(statistic(s) > 0, "a window statistic ({s}) flags the shift: {drift:?}");
+    }
+    assert!(statistic("mean_shift") > 0, "the sequential detectors flag the shift: {drift:?}");
+    let subjects: std::collections::BTreeSet<String> = drift
+        .iter()
+        .map(|e| e["sensor_id"].as_str().or(e["feature"].as_str()).unwrap_or("").to_owned())
+        .collect();
+    assert!(subjects.iter().any(|s| s.contains(":ma")), "per-feature windows drift too: {subjects:?}");
+    assert!(subjects.iter().any(|s| s.ends_with("/flow")), "per-sensor windows drift: {subjects:?}");
+    // The first window event comes within one window length of the shift.
+    let first =
+        drift.iter().filter(|e| e["statistic"] == "psi").map(|e| ts_field(e, "window_end")).min().unwrap();
+    assert!(first <= at(SHIFT_S + 600), "PSI reacts within one window: {first}");
+
+    assert_eq!(
+        sorted_lines(&one.join("drift.jsonl")),
+        sorted_lines(&two.join("drift.jsonl")),
+        "1 vs 2 workers"
+    );
+    assert!(common::read_lines(&one.join("model_versions.jsonl")).is_empty(), "retraining is off");
+}
+
+/// Share of `asset_scores` lines in `[from, until)` with a score at or above 0.8.
+fn anomaly_rate(scores: &[Value], from: u64, until: u64) -> (f64, usize) {
+    let window: Vec<&Value> = scores.iter().filter(|s| (from..until).contains(&ts_field(s, "ts"))).collect();
+    let anomalous = window.iter().filter(|s| s["score"].as_f64().unwrap() >= 0.8).count();
+    (anomalous as f64 / window.len().max(1) as f64, window.len())
+}
+
+#[test]
+fn sustained_drift_retrains_publishes_and_switches_every_worker_at_one_time() {
+    let scenario = scenario();
+    let config = config(&scenario, "retrain.toml", true);
+    let out = scenario.dir.join("retrain");
+    run(&scenario, &config, &out, 2);
+
+    let lineage = read_json(&out.join("model_versions.jsonl"));
+    let serving: Vec<&Value> = lineage.iter().filter(|l| l["status"] == "serving").collect();
+    assert_eq!(serving.len(), 1, "one retrained version: {lineage:?}");
+    let v2 = serving[0];
+    assert_eq!((v2["version"].as_u64(), v2["parent_version"].as_u64()), (Some(2), Some(1)), "{v2}");
+    assert_eq!(v2["published"], true, "{v2}");
+    assert!(v2["reason"].as_str().unwrap().starts_with("drift: "), "{v2}");
+    assert!(v2["training_rows"].as_u64().unwrap() >= 200, "{v2}");
+    let switch = ts_field(v2, "effective_from");
+    assert!(switch > at(SHIFT_S) && switch < at(END_S - 1200), "switch at {switch}");
+    let keys = scenario.s3.list_keys(BUCKET, "plant/").unwrap();
+    assert!(keys.contains(&format!("plant/{MODEL}/v0000000002.model")), "the new version is in S3: {keys:?}");
+
+    // Every asset's buckets before the switch are scored by v1, from it on by v2.
+    let scores = read_json(&out.join("asset_scores.jsonl"));
+    for score in &scores {
+        let ts = ts_field(score, "ts");
+        let expected = if ts < switch { "pump@v1" } else { "pump@v2" };
+        assert_eq!(score["model_version"], expected, "{score} (switch at {switch})");
+    }
+    for pump in pumps() {
+        assert!(
+            scores.iter().any(|s| s["asset_id"] == pump.asset.as_str() && s["model_version"] == "pump@v2"),
+            "{} switched",
+            pump.asset
+        );
+    }
+    // The anomaly rate: low before the drift, high in it, back to its old level after.
+    let (before, n_before) = anomaly_rate(&scores, at(600), at(SHIFT_S));
+    let (during, _) = anomaly_rate(&scores, at(SHIFT_S + 60), switch);
+    let (after, n_after) = anomaly_rate(&scores, switch + 120_000, at(END_S));
+    eprintln!(
+        "anomaly rate: before the drift {before:.4} ({n_before} buckets), in it {during:.4}, after the switch \
+         {after:.4} ({n_after} buckets); switch at +{} s; lineage {v2}",
+        (switch - START_MS) / 1000
+    );
+    assert!(n_before > 1000 && n_after > 1000, "{n_before} {n_after}");
+    assert!(during > 0.5, "mode B is anomalous for the mode-A model: {during}");
+    assert!(after <= before + 0.02, "after the switch the rate returns: before {before}, after {after}");
+}
