@@ -51,8 +51,9 @@ struct Scenario {
 }
 
 /// The pumps' readings in a file, and version 1 of the model trained on mode A (the first
-/// 1200 s) in a fresh bucket.
-fn scenario() -> Scenario {
+/// 1200 s) under each of `prefixes` of a fresh bucket (one store per run: the version numbers
+/// of retrained models come from the store).
+fn scenario(prefixes: &[&str]) -> Scenario {
     let s3 = TestS3::start().expect("an s3s-fs server starts");
     s3.create_bucket(BUCKET).unwrap();
     let env = s3_env(&s3);
@@ -61,50 +62,82 @@ fn scenario() -> Scenario {
     write_samples(&input, &samples(&pumps(), START_MS, 0, END_S));
     let training = dir.path().join("training.jsonl");
     write_samples(&training, &samples(&pumps()[..1], START_MS, 0, 1200));
-    train(
-        &env,
-        &[
-            "--input",
-            &format!("file:{}", training.display()),
-            "--store",
-            &format!("s3://{BUCKET}/plant"),
-            "--endpoint",
-            &s3.endpoint(),
-            "--name",
-            MODEL,
-        ],
-    );
+    for prefix in prefixes {
+        train(
+            &env,
+            &[
+                "--input",
+                &format!("file:{}", training.display()),
+                "--store",
+                &format!("s3://{BUCKET}/{prefix}"),
+                "--endpoint",
+                &s3.endpoint(),
+                "--name",
+                MODEL,
+            ],
+        );
+    }
     let path = dir.path().to_owned();
     Scenario { _dir: dir, dir: path, s3, env, input }
 }
 
-fn config(scenario: &Scenario, name: &str, retrain: bool) -> PathBuf {
+fn config(scenario: &Scenario, prefix: &str, retrain: bool) -> PathBuf {
     let text = format!(
-        "[models]\nstore = {{ url = \"s3://{BUCKET}/plant\", endpoint = \"{}\", path_style = true, timeout_ms = 2000 }}\n\
+        "[models]\nstore = {{ url = \"s3://{BUCKET}/{prefix}\", endpoint = \"{}\", path_style = true, timeout_ms = 2000 }}\n\
          poll_interval_ms = 200\ndefault = \"{MODEL}\"\n\
          [models.drift]\nenabled = true\nwindow_ms = 600000\nslide_ms = 60000\n\
          [models.retrain]\nenabled = {retrain}\nsustain_ms = 180000\nmin_rows = 200\nswitch_delay_ms = 60000\n",
         scenario.s3.endpoint()
     );
-    let path = scenario.dir.join(name);
+    let path = scenario.dir.join(format!("{prefix}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn run(scenario: &Scenario, config: &Path, out: &Path, workers: usize) {
-    let output = millstream_with(&scenario.env)
+fn run_command(scenario: &Scenario, config: &Path, out: &Path, workers: usize) -> std::process::Command {
+    let mut command = millstream_with(&scenario.env);
+    command
         .args(["run", "--source", &format!("file:{}", scenario.input.display())])
         .args(["--sink", &format!("jsonl:{}", out.display()), "--emit-scores"])
         .args(["--allowed-lateness-ms", "1000", "-w", &workers.to_string()])
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .expect("millstream starts");
+        .args(["--config", config.to_str().unwrap()]);
+    command
+}
+
+fn run(scenario: &Scenario, config: &Path, out: &Path, workers: usize) {
+    let output = run_command(scenario, config, out, workers).output().expect("millstream starts");
     assert!(
         output.status.success(),
         "millstream run failed: {}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The same run as 2 processes × 1 worker on loopback.
+fn run_cluster(scenario: &Scenario, config: &Path, out: &Path) {
+    let hostfile = scenario.dir.join(format!("hosts-{}.txt", out.file_name().unwrap().to_string_lossy()));
+    let ports = (common::free_port(), common::free_port());
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports.0, ports.1)).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|process| {
+            run_command(scenario, config, out, 1)
+                .args(["--processes", "2", "--process", &process.to_string()])
+                .args(["--hostfile", hostfile.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("millstream starts")
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "cluster process failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 fn sorted_lines(path: &Path) -> Vec<String> {
@@ -115,11 +148,12 @@ fn sorted_lines(path: &Path) -> Vec<String> {
 
 #[test]
 fn a_level_shift_raises_drift_only_after_it_and_the_same_at_any_worker_count() {
-    let scenario = scenario();
-    let config = config(&scenario, "drift.toml", false);
-    let (one, two) = (scenario.dir.join("w1"), scenario.dir.join("w2"));
+    let scenario = scenario(&["plant"]);
+    let config = config(&scenario, "plant", false);
+    let (one, two, cluster) = (scenario.dir.join("w1"), scenario.dir.join("w2"), scenario.dir.join("p2"));
     run(&scenario, &config, &one, 1);
     run(&scenario, &config, &two, 2);
+    run_cluster(&scenario, &config, &cluster);
 
     let drift = read_json(&one.join("drift.jsonl"));
     assert!(!drift.is_empty(), "the shift raises drift events");
@@ -170,10 +204,19 @@ fn anomaly_rate(scores: &[Value], from: u64, until: u64) -> (f64, usize) {
 
 #[test]
 fn sustained_drift_retrains_publishes_and_switches_every_worker_at_one_time() {
-    let scenario = scenario();
-    let config = config(&scenario, "retrain.toml", true);
+    let scenario = scenario(&["single", "cluster"]);
     let out = scenario.dir.join("retrain");
-    run(&scenario, &config, &out, 2);
+    run(&scenario, &config(&scenario, "single", true), &out, 2);
+    // The same, as 2 processes (with a store of its own): the same lineage and scores.
+    let cluster = scenario.dir.join("retrain-p2");
+    run_cluster(&scenario, &config(&scenario, "cluster", true), &cluster);
+    for file in ["model_versions.jsonl", "asset_scores.jsonl", "drift.jsonl", "anomalies.jsonl"] {
+        assert_eq!(
+            sorted_lines(&out.join(file)),
+            sorted_lines(&cluster.join(file)),
+            "{file}: 2 workers vs 2 processes"
+        );
+    }
 
     let lineage = read_json(&out.join("model_versions.jsonl"));
     let serving: Vec<&Value> = lineage.iter().filter(|l| l["status"] == "serving").collect();
@@ -185,8 +228,13 @@ fn sustained_drift_retrains_publishes_and_switches_every_worker_at_one_time() {
     assert!(v2["training_rows"].as_u64().unwrap() >= 200, "{v2}");
     let switch = ts_field(v2, "effective_from");
     assert!(switch > at(SHIFT_S) && switch < at(END_S - 1200), "switch at {switch}");
-    let keys = scenario.s3.list_keys(BUCKET, "plant/").unwrap();
-    assert!(keys.contains(&format!("plant/{MODEL}/v0000000002.model")), "the new version is in S3: {keys:?}");
+    for prefix in ["single", "cluster"] {
+        let keys = scenario.s3.list_keys(BUCKET, &format!("{prefix}/")).unwrap();
+        assert!(
+            keys.contains(&format!("{prefix}/{MODEL}/v0000000002.model")),
+            "the new version is in S3: {keys:?}"
+        );
+    }
 
     // Every asset's buckets before the switch are scored by v1, from it on by v2.
     let scores = read_json(&out.join("asset_scores.jsonl"));

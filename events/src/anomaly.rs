@@ -25,6 +25,7 @@ impl Severity {
 
 /// An anomaly event, as written to `anomalies.jsonl` and the notification topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Anomaly {
     /// Deterministic id: see [`crate::event_id`].
     pub event_id: String,
@@ -50,6 +51,8 @@ pub struct Anomaly {
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub episode: Option<Episode>,
 }
+
+crate::wire::json_when_binary!(Anomaly);
 
 /// Where an anomaly event sits in its episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

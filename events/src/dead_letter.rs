@@ -102,12 +102,14 @@ impl Rejection {
 /// Where a record was read. Serialized untagged, as the contract's
 /// `{"file": …, "line": N}` or `{"topic": …, "partition": P, "offset": O}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, remote = "Self")]
 pub enum SourceLocation {
     File { file: String, line: u64 },
     Kafka { topic: String, partition: i32, offset: i64 },
     Simulator { simulator: String, seq: u64 },
 }
+
+crate::wire::json_when_binary!(SourceLocation);
 
 impl DeadLetter {
     /// A deterministic id: the same refused record at the same place gets the same id on a

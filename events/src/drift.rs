@@ -36,6 +36,7 @@ impl DriftStatistic {
 /// One statistic of one window (or one sequential detection) past its threshold. Emitted
 /// when the statistic crosses its threshold, not at every slide while it stays above.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct DriftEvent {
     /// XXH3-128 of (statistic, subject, window end, model version): the same in a replay.
     pub event_id: String,
@@ -66,6 +67,8 @@ pub struct DriftEvent {
     /// The reference: `NAME@vN`.
     pub model_version: String,
 }
+
+crate::wire::json_when_binary!(DriftEvent);
 
 impl DriftEvent {
     /// The subject for ids and messages: the sensor, or `asset/feature`.

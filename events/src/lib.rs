@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod output;
 pub mod reading;
 pub mod time;
+mod wire;
 
 pub use compact_str::CompactString;
 

@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
@@ -151,11 +152,14 @@ pub fn observe<'scope>(
     epoch_ms: u64,
 ) -> Stream<'scope, EventTime, Vec<Observation>> {
     let settings: DriftSettings = models_settings.drift.clone();
-    let pact = Exchange::new(|e: &SinkEvent| match e {
-        SinkEvent::Reading(r) => crate::score::sensor_route(&r.asset_id),
-        _ => 0,
+    // Only on-time readings cross to the observer; the rest never leaves its worker (an
+    // anomaly's flattened episode cannot cross processes as bincode).
+    let readings = events.flat_map(|e| match e {
+        SinkEvent::Reading(r) if !r.late => Some(r),
+        _ => None,
     });
-    events.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |_, _| {
+    let pact = Exchange::new(|r: &ReadingRow| crate::score::sensor_route(&r.asset_id));
+    readings.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |_, _| {
         let epoch_ms = epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
         let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
@@ -166,20 +170,10 @@ pub fn observe<'scope>(
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
             readings.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
-                let kept: Vec<ReadingRow> = data
-                    .drain(..)
-                    .filter_map(|e| match e {
-                        SinkEvent::Reading(r) if !r.late => Some(r),
-                        _ => None,
-                    })
-                    .collect();
-                if kept.is_empty() {
-                    return;
-                }
                 if capability.as_ref().is_none_or(|c| time < *c.time()) {
                     capability = cap.retain_least(0);
                 }
-                pending.entry(time).or_default().extend(kept);
+                pending.entry(time).or_default().append(data);
             });
             updates.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
