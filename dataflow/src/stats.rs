@@ -62,6 +62,12 @@ pub struct RunStats {
     pub model_store_errors: IntCounter,
     /// Asset time buckets scored by a multivariate model.
     pub asset_buckets: IntCounter,
+    /// Drift events, by statistic (`psi`, `ks`, `wasserstein`, `mean_shift`, `variance_shift`).
+    pub drift_events: IntCounterVec,
+    /// Drift windows open (keys with a histogram), summed over this process's workers.
+    pub drift_windows: IntGauge,
+    /// Retraining outcomes, by outcome (`serving`, `refused`, `rolled_back`).
+    pub model_retrains: IntCounterVec,
     /// Worker threads in this process, and processes in the cluster.
     pub workers: IntGauge,
     pub processes: IntGauge,
@@ -137,6 +143,30 @@ impl RunStats {
                 IntCounter::new(
                     "millstream_asset_buckets_scored_total",
                     "Asset time buckets scored by a multivariate model.",
+                ),
+            ),
+            drift_events: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("millstream_drift_events_total", "Drift events emitted, by statistic."),
+                    &["statistic"],
+                ),
+            ),
+            drift_windows: register(
+                r,
+                IntGauge::new(
+                    "millstream_drift_windows",
+                    "Drift windows open (sensors and asset features with a histogram) in this process.",
+                ),
+            ),
+            model_retrains: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "millstream_model_retrains_total",
+                        "Retrained model versions, by outcome (serving, refused, rolled_back).",
+                    ),
+                    &["outcome"],
                 ),
             ),
             readings: register(
@@ -307,6 +337,25 @@ impl RunStats {
     pub fn record_dead_letter(&self, dead: &DeadLetter) {
         self.dead_letter(dead.reason);
         tracing::debug!(reason = dead.reason.as_str(), source = ?dead.source, detail = %dead.detail, "dead letter");
+    }
+
+    /// A drift event: its counter and its log line, together.
+    pub fn record_drift(&self, event: &millstream_events::DriftEvent) {
+        self.drift_events.with_label_values(&[event.statistic.as_str()]).inc();
+        tracing::info!(asset_id = %event.asset_id, subject = %event.subject(), statistic = event.statistic.as_str(),
+            value = event.value, threshold = event.threshold, model_version = %event.model_version, "drift");
+    }
+
+    /// A retraining outcome: its counter and its log line, together.
+    pub fn record_model_version(&self, event: &millstream_events::ModelVersionEvent) {
+        let outcome = match event.status {
+            millstream_events::ModelVersionStatus::Serving => "serving",
+            millstream_events::ModelVersionStatus::Refused => "refused",
+            millstream_events::ModelVersionStatus::RolledBack => "rolled_back",
+        };
+        self.model_retrains.with_label_values(&[outcome]).inc();
+        tracing::info!(model = %event.model, version = event.version, parent = ?event.parent_version, outcome,
+            reason = %event.reason, "model lineage");
     }
 
     pub fn anomalies_total(&self) -> u64 {

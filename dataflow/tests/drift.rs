@@ -33,10 +33,16 @@ fn ts_field(v: &Value, field: &str) -> u64 {
 }
 
 fn pumps() -> Vec<Pump> {
+    pumps_back_at(None)
+}
+
+/// The pumps, back in mode A from `back` (seconds) when given.
+fn pumps_back_at(back: Option<u64>) -> Vec<Pump> {
     (0..4)
         .map(|i| {
             let mut pump = Pump::new(&format!("pump-{i}"), 17.0 * i as f64, 100 + i);
             pump.mode_b_from = Some(SHIFT_S);
+            pump.mode_b_until = back;
             pump
         })
         .collect()
@@ -54,14 +60,18 @@ struct Scenario {
 /// 1200 s) under each of `prefixes` of a fresh bucket (one store per run: the version numbers
 /// of retrained models come from the store).
 fn scenario(prefixes: &[&str]) -> Scenario {
+    scenario_with(prefixes, &pumps())
+}
+
+fn scenario_with(prefixes: &[&str], pumps: &[Pump]) -> Scenario {
     let s3 = TestS3::start().expect("an s3s-fs server starts");
     s3.create_bucket(BUCKET).unwrap();
     let env = s3_env(&s3);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("pumps.jsonl");
-    write_samples(&input, &samples(&pumps(), START_MS, 0, END_S));
+    write_samples(&input, &samples(pumps, START_MS, 0, END_S));
     let training = dir.path().join("training.jsonl");
-    write_samples(&training, &samples(&pumps()[..1], START_MS, 0, 1200));
+    write_samples(&training, &samples(&pumps[..1], START_MS, 0, 1200));
     for prefix in prefixes {
         train(
             &env,
@@ -262,4 +272,44 @@ fn sustained_drift_retrains_publishes_and_switches_every_worker_at_one_time() {
     assert!(n_before > 1000 && n_after > 1000, "{n_before} {n_after}");
     assert!(during > 0.5, "mode B is anomalous for the mode-A model: {during}");
     assert!(after <= before + 0.02, "after the switch the rate returns: before {before}, after {after}");
+}
+
+/// The pumps go back to mode A just after the switch to the version trained on mode B: that
+/// version's anomaly rate explodes, and it is rolled back to its parent (as version 3).
+#[test]
+fn a_new_version_whose_anomaly_rate_explodes_is_rolled_back() {
+    // The switch comes at +2160 s (see the test above); back to mode A right then.
+    let back = 2160;
+    let scenario = scenario_with(&["plant"], &pumps_back_at(Some(back)));
+    let out = scenario.dir.join("rollback");
+    run(&scenario, &config(&scenario, "plant", true), &out, 2);
+
+    let lineage = read_json(&out.join("model_versions.jsonl"));
+    let step = |version: u64, status: &str| {
+        lineage
+            .iter()
+            .find(|l| l["version"] == version && l["status"] == status)
+            .unwrap_or_else(|| panic!("no version {version} {status} in the lineage: {lineage:?}"))
+    };
+    let v2 = step(2, "serving");
+    let switch = ts_field(v2, "effective_from");
+    assert!(switch <= at(back), "the retrained version serves before the pumps go back: {v2}");
+    let rolled_back = step(2, "rolled_back");
+    let v3 = step(3, "serving");
+    assert_eq!(v3["parent_version"], 2, "{v3}");
+    assert!(v3["reason"].as_str().unwrap().starts_with("rollback of v2"), "{v3}");
+    assert_eq!(v3["published"], true, "{v3}");
+    eprintln!("lineage: {v2}\n{rolled_back}\n{v3}");
+    let restored = ts_field(v3, "effective_from");
+    assert!(restored > switch && restored < at(back + 600), "rolled back promptly: {v3}");
+    let keys = scenario.s3.list_keys(BUCKET, "plant/").unwrap();
+    assert!(keys.contains(&format!("plant/{MODEL}/v0000000003.model")), "{keys:?}");
+
+    // v3 is v1's model: the anomaly rate after it is back to the level before the drift.
+    let scores = read_json(&out.join("asset_scores.jsonl"));
+    let (before, _) = anomaly_rate(&scores, at(600), at(SHIFT_S));
+    let (after, n_after) = anomaly_rate(&scores, restored + 120_000, at(END_S));
+    assert!(n_after > 1000, "{n_after}");
+    assert!(after <= before + 0.02, "before {before}, after the rollback {after}");
+    assert!(scores.iter().filter(|s| ts_field(s, "ts") >= restored).all(|s| s["model_version"] == "pump@v3"));
 }

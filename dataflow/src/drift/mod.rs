@@ -59,15 +59,28 @@ pub fn drift_stage<'scope>(
         Observation::Window(key, bin, enter) => Some((key, bin, enter)),
         _ => None,
     });
-    let sequential = observations.clone().flat_map(|o| match o {
-        Observation::Drift(event) => Some(SinkEvent::Drift(event)),
+    let recorder = Arc::clone(&stats);
+    let sequential = observations.clone().flat_map(move |o| match o {
+        Observation::Drift(event) => {
+            recorder.record_drift(&event);
+            Some(SinkEvent::Drift(event))
+        }
         _ => None,
     });
     let histograms = windows::window_histograms(window_observations, &settings.drift);
-    let judged =
-        windows::judge(histograms, updates.clone(), settings.drift.clone(), settings.retrain.clone());
-    let window_drift = judged.clone().flat_map(|j| match j {
-        Judgement::Drift(event) => Some(SinkEvent::Drift(event)),
+    let judged = windows::judge(
+        histograms,
+        updates.clone(),
+        settings.drift.clone(),
+        settings.retrain.clone(),
+        Arc::clone(&stats),
+    );
+    let recorder = Arc::clone(&stats);
+    let window_drift = judged.clone().flat_map(move |j| match j {
+        Judgement::Drift(event) => {
+            recorder.record_drift(&event);
+            Some(SinkEvent::Drift(event))
+        }
         Judgement::Retrain(_) => None,
     });
     let mut events = sequential.concat(window_drift);
@@ -81,9 +94,19 @@ pub fn drift_stage<'scope>(
             Judgement::Retrain(request) => Some(TrainerInput::Request(request)),
             Judgement::Drift(_) => None,
         });
-        let retrained =
-            retrain::retrain(rows.concat(requests), updates.clone(), Arc::clone(&settings), stats);
-        events = events.concat(retrained.clone().flat_map(|r| retrain::lineage_event(&r)));
+        let retrained = retrain::retrain(
+            rows.concat(requests),
+            updates.clone(),
+            Arc::clone(&settings),
+            Arc::clone(&stats),
+        );
+        events = events.concat(retrained.clone().flat_map(move |r| {
+            let event = retrain::lineage_event(&r)?;
+            if let SinkEvent::ModelVersion(lineage) = &event {
+                stats.record_model_version(lineage);
+            }
+            Some(event)
+        }));
         retrained
             .flat_map(|r| match r {
                 Retrained::Update(update) => Some(update),

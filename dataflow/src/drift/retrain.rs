@@ -98,7 +98,7 @@ pub fn retrain<'scope>(
         let mut pending: BTreeMap<EventTime, Vec<TrainerInput>> = BTreeMap::new();
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
-        let mut store: Option<Option<Box<dyn ModelStore>>> = None;
+        let mut publisher = Publisher { settings: Arc::clone(&models_settings), store: None };
         move |(input, input_frontier), (updates, updates_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
@@ -138,11 +138,10 @@ pub fn retrain<'scope>(
                         });
                         let mut out = Vec::new();
                         for row in rows {
-                            add_row(&mut models, row, t, &settings, &mut out);
+                            add_row(&mut models, row, t, &settings, &mut publisher, &stats, &mut out);
                         }
                         for request in requests {
-                            let store = store.get_or_insert_with(|| open_store(&models_settings));
-                            answer(&mut models, &request, t, &settings, store.as_deref(), &stats, &mut out);
+                            answer(&mut models, &request, t, &settings, &mut publisher, &stats, &mut out);
                         }
                         if !out.is_empty() {
                             let cap = capability.as_ref().expect("held with the pending inputs");
@@ -161,13 +160,30 @@ pub fn retrain<'scope>(
     })
 }
 
-fn open_store(settings: &ModelsSettings) -> Option<Box<dyn ModelStore>> {
-    let config = settings.store.as_ref()?;
-    match config.open() {
-        Ok(store) => Some(store),
-        Err(e) => {
-            tracing::error!(error = %e, "the retrainer cannot open the model store: new versions are served but not published");
-            None
+/// Puts new versions into the model store, opened on first use.
+struct Publisher {
+    settings: Arc<ModelsSettings>,
+    store: Option<Option<Box<dyn ModelStore>>>,
+}
+
+impl Publisher {
+    /// Publishes `bytes` as the next version of `model`: that version, or `None` (logged and
+    /// counted) when the store cannot take it.
+    fn publish(&mut self, model: &str, bytes: &[u8], stats: &RunStats) -> Option<u64> {
+        let settings = &self.settings;
+        let store = self.store.get_or_insert_with(|| {
+            let opened = settings.store.as_ref()?.open();
+            opened
+                .map_err(|e| tracing::error!(error = %e, "the retrainer cannot open the model store: new versions are served but not published"))
+                .ok()
+        });
+        match store.as_ref()?.put(model, bytes) {
+            Ok(version) => Some(version),
+            Err(e) => {
+                stats.model_store_errors.inc();
+                tracing::error!(model, error = %e, "cannot publish a new model version; serving it unpublished");
+                None
+            }
         }
     }
 }
@@ -199,6 +215,8 @@ fn add_row(
     row: TrainingRow,
     now: EventTime,
     settings: &RetrainSettings,
+    publisher: &mut Publisher,
+    stats: &RunStats,
     out: &mut Vec<Retrained>,
 ) {
     let state = models.entry(row.model.clone()).or_default();
@@ -208,11 +226,10 @@ fn add_row(
     let mut rollback = None;
     if let (Some(probation), Some(serving)) = (state.probation.as_mut(), state.serving.as_ref()) {
         if serving.version == probation.version && row.ts >= probation.from {
-            probation.scored += 1;
-            if kmeans::score(&serving.artifact, &row.features)
-                .is_ok_and(|s| s.score >= serving.artifact.calibration.threshold)
-            {
-                probation.anomalous += 1;
+            // Buckets the model cannot score (features still filling after the switch) do not count.
+            if let Ok(scored) = kmeans::score(&serving.artifact, &row.features) {
+                probation.scored += 1;
+                probation.anomalous += usize::from(scored.score >= serving.artifact.calibration.threshold);
             }
             if probation.scored >= settings.min_rows {
                 let rate = probation.anomalous as f64 / probation.scored as f64;
@@ -243,11 +260,28 @@ fn add_row(
             published: false,
         };
         out.push(Retrained::Lineage(Box::new(lineage)));
-        // The parent comes back as a newer version (versions only go up).
-        let version = bad_version + 1;
+        // The parent comes back as a newer version (versions only go up), published so that a
+        // restart serves it too.
         let mut artifact = parent.artifact.clone();
         artifact.effective_from = Some(now + settings.switch_delay_ms);
         if let Ok(bytes) = artifact.encode() {
+            let published = publisher.publish(&row.model, &bytes, stats);
+            let version = published.unwrap_or(bad_version + 1);
+            let restored = ModelVersionEvent {
+                model: row.model.clone(),
+                version,
+                parent_version: Some(bad_version),
+                status: ModelVersionStatus::Serving,
+                reason: format!("rollback of v{bad_version}: v{} restored", parent.version),
+                effective_from: now + settings.switch_delay_ms,
+                training_rows: parent.artifact.training.rows_used,
+                holdback_rows: 0,
+                holdback_anomaly_rate: 0.0,
+                parent_holdback_anomaly_rate: rate,
+                silhouette: parent.artifact.metrics.silhouette,
+                published: published.is_some(),
+            };
+            out.push(Retrained::Lineage(Box::new(restored)));
             out.push(Retrained::Update(ModelUpdate {
                 name: row.model.clone(),
                 version,
@@ -265,7 +299,7 @@ fn answer(
     request: &RetrainRequest,
     now: EventTime,
     settings: &RetrainSettings,
-    store: Option<&dyn ModelStore>,
+    publisher: &mut Publisher,
     stats: &RunStats,
     out: &mut Vec<Retrained>,
 ) {
@@ -358,19 +392,9 @@ fn answer(
             return;
         }
     };
-    let published = store.map(|store| store.put(&request.model, &bytes));
-    let version = match published {
-        Some(Ok(version)) => {
-            lineage.published = true;
-            version
-        }
-        Some(Err(e)) => {
-            stats.model_store_errors.inc();
-            tracing::error!(model = %request.model, error = %e, "cannot publish the retrained version; serving it unpublished");
-            serving.version + 1
-        }
-        None => serving.version + 1,
-    };
+    let published = publisher.publish(&request.model, &bytes, stats);
+    lineage.published = published.is_some();
+    let version = published.unwrap_or(serving.version + 1);
     tracing::info!(model = %request.model, version, parent = serving.version, effective_from, rows = fit.len(), "retrained model version");
     lineage.version = version;
     lineage.status = ModelVersionStatus::Serving;

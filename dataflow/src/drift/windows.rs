@@ -95,6 +95,7 @@ pub fn judge<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     drift: DriftSettings,
     retrain: RetrainSettings,
+    stats: Arc<crate::stats::RunStats>,
 ) -> Stream<'scope, EventTime, Vec<Judgement>> {
     // The reduce's output is already partitioned by key: judge where it is.
     histograms.binary_frontier(updates, Pipeline, Pipeline, "DriftJudge", move |_, _| {
@@ -104,6 +105,8 @@ pub fn judge<'scope>(
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut states: BTreeMap<WindowKey, KeyState> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
+        // This worker's share of the open-windows gauge.
+        let mut counted = 0i64;
         move |(input, input_frontier), (updates, updates_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
@@ -152,6 +155,9 @@ pub fn judge<'scope>(
                     _ => break,
                 }
             }
+            let open = states.len() as i64;
+            stats.drift_windows.add(open - counted);
+            counted = open;
             match (pending.first_key_value().map(|(t, _)| *t), capability.as_mut()) {
                 (Some(t), Some(cap)) => cap.downgrade(&t),
                 (None, _) => capability = None,

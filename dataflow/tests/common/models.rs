@@ -42,6 +42,8 @@ pub struct Pump {
     pub seed: u64,
     /// From this second on the pump runs in mode B (before it, mode A).
     pub mode_b_from: Option<u64>,
+    /// From this second on the pump is back in mode A.
+    pub mode_b_until: Option<u64>,
     /// In these seconds (from, until) the pump is faulty: flow up, pressure down (the
     /// correlation between them breaks), temp untouched.
     pub fault: Option<(u64, u64)>,
@@ -64,12 +66,12 @@ impl Sample {
 
 impl Pump {
     pub fn new(asset: &str, phase_s: f64, seed: u64) -> Pump {
-        Pump { asset: asset.to_owned(), phase_s, seed, mode_b_from: None, fault: None }
+        Pump { asset: asset.to_owned(), phase_s, seed, mode_b_from: None, mode_b_until: None, fault: None }
     }
 
     pub fn mode_at(&self, second: u64) -> Mode {
         match self.mode_b_from {
-            Some(from) if second >= from => Mode::B,
+            Some(from) if second >= from && self.mode_b_until.is_none_or(|until| second < until) => Mode::B,
             _ => Mode::A,
         }
     }
