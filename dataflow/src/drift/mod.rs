@@ -56,7 +56,7 @@ pub fn drift_stage<'scope>(
 
     let observations = observe::observe(events, updates.clone(), Arc::clone(&settings), epoch_ms);
     let window_observations = observations.clone().flat_map(|o| match o {
-        Observation::Window(key, bin, enter) => Some((key, bin, enter)),
+        Observation::Window(key, bin, enter, count) => Some((key, bin, enter, count)),
         _ => None,
     });
     let recorder = Arc::clone(&stats);

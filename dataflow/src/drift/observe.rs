@@ -29,6 +29,19 @@ use timely::dataflow::Stream;
 use super::settings::DriftSettings;
 use crate::models::{ModelUpdate, ModelsSettings};
 
+/// What the observer does: the drift settings, and whether the retrainer wants rows.
+struct Params {
+    drift: DriftSettings,
+    rows: bool,
+}
+
+impl std::ops::Deref for Params {
+    type Target = DriftSettings;
+    fn deref(&self) -> &DriftSettings {
+        &self.drift
+    }
+}
+
 /// A per-sensor score at or above this marks its bucket unclean (the severity "warning" level).
 const UNCLEAN_SCORE: f64 = 0.8;
 
@@ -58,8 +71,9 @@ pub struct TrainingRow {
 /// What the observer hands on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Observation {
-    /// A value in `bin` of `key`'s reference, entering the window at the time it carries.
-    Window(WindowKey, u16, EventTime),
+    /// `count` values in `bin` of `key`'s reference, entering the window at the time it
+    /// carries (a slide boundary): one observation per key and bin per slide, not per bucket.
+    Window(WindowKey, u16, EventTime, u32),
     Drift(Box<DriftEvent>),
     Row(Box<TrainingRow>),
 }
@@ -143,6 +157,20 @@ struct AssetState {
     /// The sensor ids seen, per plan sensor (for event subjects).
     sensor_ids: Vec<Option<CompactString>>,
     row: Vec<f64>,
+    /// The window observations of the current slide, counted.
+    slide: Option<Slide>,
+}
+
+/// One asset's window observations for one slide, counted per subject and bin; flushed when
+/// no bucket can still fall into the slide.
+struct Slide {
+    /// The slide boundary at which they enter the windows.
+    enter: EventTime,
+    /// The end of the slide's first bucket: the time they are emitted at (and the capability
+    /// is held at until then).
+    hold: EventTime,
+    /// (is a feature, plan sensor or feature index, bin) → count.
+    counts: BTreeMap<(bool, u16, u16), u32>,
 }
 
 pub fn observe<'scope>(
@@ -151,7 +179,7 @@ pub fn observe<'scope>(
     models_settings: Arc<ModelsSettings>,
     epoch_ms: u64,
 ) -> Stream<'scope, EventTime, Vec<Observation>> {
-    let settings: DriftSettings = models_settings.drift.clone();
+    let settings = Params { drift: models_settings.drift.clone(), rows: models_settings.retrain.enabled };
     // Only on-time readings cross to the observer; the rest never leaves its worker (an
     // anomaly's flattened episode cannot cross processes as bincode).
     let readings = events.flat_map(|e| match e {
@@ -189,6 +217,14 @@ pub fn observe<'scope>(
                     (Some(u), r) if r.is_none_or(|r| u <= r) => {
                         close_buckets_before(u, epoch_ms, &mut assets, &models, &settings, &mut emit);
                         for update in pending_updates.remove(&u).unwrap_or_default() {
+                            // The old version's slides end here: its windows get no more.
+                            if let Some(refs) = models.get(&update.name) {
+                                for (asset, state) in assets.iter_mut() {
+                                    if state.model.as_deref() == Some(update.name.as_str()) {
+                                        state.flush_slide(asset, refs, &mut emit);
+                                    }
+                                }
+                            }
                             apply_update(&mut models, &update, settings.bins);
                         }
                     }
@@ -229,6 +265,7 @@ pub fn observe<'scope>(
                 .map(|(t, _)| *t)
                 .into_iter()
                 .chain(assets.values().filter_map(|s| s.bucket.map(|b| epoch(b, epoch_ms))))
+                .chain(assets.values().filter_map(|s| s.slide.as_ref().map(|slide| slide.hold)))
                 .min();
             match (earliest, capability.as_mut()) {
                 (Some(t), Some(cap)) if t > *cap.time() => cap.downgrade(&t),
@@ -249,7 +286,7 @@ fn close_buckets_before(
     epoch_ms: u64,
     assets: &mut FxHashMap<CompactString, AssetState>,
     models: &FxHashMap<String, Arc<References>>,
-    settings: &DriftSettings,
+    settings: &Params,
     emit: &mut Vec<(EventTime, Observation)>,
 ) {
     for (asset, state) in assets.iter_mut() {
@@ -259,6 +296,14 @@ fn close_buckets_before(
             close_bucket(asset, state, refs, settings, emit);
         }
     }
+    // A slide no reading still in flight can add to is complete.
+    for (asset, state) in assets.iter_mut() {
+        if state.slide.as_ref().is_some_and(|slide| slide.enter < limit) {
+            if let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) {
+                state.flush_slide(asset, refs, emit);
+            }
+        }
+    }
 }
 
 fn admit(
@@ -266,7 +311,7 @@ fn admit(
     assets: &mut FxHashMap<CompactString, AssetState>,
     models: &FxHashMap<String, Arc<References>>,
     models_settings: &ModelsSettings,
-    settings: &DriftSettings,
+    settings: &Params,
     emit: &mut Vec<(EventTime, Observation)>,
 ) {
     let state = match assets.get_mut(reading.asset_id.as_str()) {
@@ -317,7 +362,7 @@ fn close_bucket(
     asset: &CompactString,
     state: &mut AssetState,
     refs: &References,
-    settings: &DriftSettings,
+    settings: &Params,
     emit: &mut Vec<(EventTime, Observation)>,
 ) {
     let Some(bucket) = state.bucket.take() else { return };
@@ -325,17 +370,22 @@ fn close_bucket(
     let sensors = state.accumulator.take().to_vec();
     state.features.push(&refs.plan, &sensors, &mut state.row);
     let enter = end.div_ceil(settings.slide_ms) * settings.slide_ms;
+    if state.slide.as_ref().is_some_and(|slide| slide.enter != enter) {
+        state.flush_slide(asset, refs, emit);
+    }
+    let slide = state.slide.get_or_insert_with(|| Slide { enter, hold: end, counts: BTreeMap::new() });
+    for (i, value) in sensors.iter().enumerate() {
+        if let Some(bin) = value.and_then(|v| refs.sensors[i].as_ref()?.bin_of(v)) {
+            *slide.counts.entry((false, i as u16, bin)).or_default() += 1;
+        }
+    }
+    for (j, value) in state.row.iter().enumerate() {
+        if let Some(bin) = refs.features[j].as_ref().and_then(|bins| bins.bin_of(*value)) {
+            *slide.counts.entry((true, j as u16, bin)).or_default() += 1;
+        }
+    }
     for (i, value) in sensors.iter().enumerate() {
         let (Some(value), Some(sensor_id)) = (value, &state.sensor_ids[i]) else { continue };
-        if let Some(bin) = refs.sensors[i].as_ref().and_then(|bins| bins.bin_of(*value)) {
-            let key = WindowKey {
-                model: refs.label.clone(),
-                asset_id: asset.to_string(),
-                subject: sensor_id.to_string(),
-                is_feature: false,
-            };
-            emit.push((end, Observation::Window(key, bin, enter)));
-        }
         if !settings.sequential.enabled {
             continue;
         }
@@ -373,16 +423,8 @@ fn close_bucket(
             detector.since = None;
         }
     }
-    for (j, value) in state.row.iter().enumerate() {
-        if let Some(bin) = refs.features[j].as_ref().and_then(|bins| bins.bin_of(*value)) {
-            let key = WindowKey {
-                model: refs.label.clone(),
-                asset_id: asset.to_string(),
-                subject: refs.artifact.features[j].clone(),
-                is_feature: true,
-            };
-            emit.push((end, Observation::Window(key, bin, enter)));
-        }
+    if !settings.rows {
+        return;
     }
     let row = TrainingRow {
         model: state.model.clone().unwrap_or_default(),
@@ -408,6 +450,30 @@ impl AssetState {
             detectors: Vec::new(),
             sensor_ids: Vec::new(),
             row: Vec::new(),
+            slide: None,
+        }
+    }
+
+    /// Emits the slide's counts as window observations.
+    fn flush_slide(
+        &mut self,
+        asset: &CompactString,
+        refs: &References,
+        emit: &mut Vec<(EventTime, Observation)>,
+    ) {
+        let Some(slide) = self.slide.take() else { return };
+        for ((is_feature, index, bin), count) in slide.counts {
+            let subject = if is_feature {
+                refs.artifact.features[usize::from(index)].clone()
+            } else {
+                match &self.sensor_ids[usize::from(index)] {
+                    Some(id) => id.to_string(),
+                    None => continue,
+                }
+            };
+            let key =
+                WindowKey { model: refs.label.clone(), asset_id: asset.to_string(), subject, is_feature };
+            emit.push((slide.hold, Observation::Window(key, bin, slide.enter, count)));
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Sliding event-time windows, maintained by differential dataflow, and their judge.
 //!
-//! A window observation of `(key, bin)` enters the collection at the first slide boundary at
-//! or after its bucket's end, `s`, with difference +1, and leaves at the first boundary at or
-//! after `s + W` with −1. The collection at boundary `s` is therefore exactly the buckets that
-//! ended in `(s − W, s]`, and it changes only at boundaries: a `reduce` per key turns it into a
-//! histogram once per slide, however many readings arrived. The arrangements compact as the
+//! The observer counts each slide's bucket values per key and bin; a count `n` of `(key, bin)`
+//! enters the collection at the slide's boundary `s` (the first at or after its buckets' ends)
+//! with difference +n, and leaves at `s + W` with −n. The collection at boundary `s` therefore
+//! holds the buckets of the last W of event time, and it changes only at boundaries: a `reduce`
+//! per key turns it into a histogram once per slide, however many readings arrived. The arrangements compact as the
 //! frontier advances (nothing else holds their traces), so state is the live windows, not the
 //! history.
 //!
@@ -55,15 +55,16 @@ pub enum Judgement {
 
 /// Histograms per key, one new value per slide boundary at which the window changed.
 pub fn window_histograms<'scope>(
-    observations: Stream<'scope, EventTime, Vec<(WindowKey, u16, EventTime)>>,
+    observations: Stream<'scope, EventTime, Vec<(WindowKey, u16, EventTime, u32)>>,
     settings: &DriftSettings,
 ) -> Stream<'scope, EventTime, Vec<((WindowKey, Vec<u64>), EventTime, isize)>> {
     let (slide, window) = (settings.slide_ms, settings.window_ms);
     let bins = settings.bins;
     observations
-        .flat_map(move |(key, bin, enter)| {
+        .flat_map(move |(key, bin, enter, count)| {
             let leave = (enter + window).div_ceil(slide) * slide;
-            [((key.clone(), bin), enter, 1isize), ((key, bin), leave, -1isize)]
+            let count = count as isize;
+            [((key.clone(), bin), enter, count), ((key, bin), leave, -count)]
         })
         .as_collection()
         .reduce_named("DriftHistogram", move |_key, input: &[(&u16, isize)], output| {
