@@ -48,12 +48,27 @@ const UNCLEAN_SCORE: f64 = 0.8;
 /// What one window is over: a sensor, or a feature of an asset, against one model version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WindowKey {
+    /// A hash of the rest, first so that differential's sorts and merges compare one integer
+    /// rather than three strings.
+    pub id: u64,
     /// `NAME@vN`.
     pub model: String,
     pub asset_id: String,
     /// The sensor id, or the feature name.
     pub subject: String,
     pub is_feature: bool,
+}
+
+impl WindowKey {
+    pub fn new(model: String, asset_id: String, subject: String, is_feature: bool) -> WindowKey {
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        for part in [model.as_bytes(), asset_id.as_bytes(), subject.as_bytes()] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.update(&[u8::from(is_feature)]);
+        WindowKey { id: hasher.digest(), model, asset_id, subject, is_feature }
+    }
 }
 
 /// One bucket of one asset, for the retrainer.
@@ -230,7 +245,11 @@ pub fn observe<'scope>(
                     }
                     (_, Some(time)) => {
                         let mut group = pending.remove(&time).unwrap_or_default();
-                        group.sort_by(|a, b| (a.ts, &a.sensor_id).cmp(&(b.ts, &b.sensor_id)));
+                        // By event time, stably: a sensor's readings come from one worker in
+                        // order, and different sensors add into different sums.
+                        if !group.is_sorted_by_key(|r| r.ts) {
+                            group.sort_by_key(|r| r.ts);
+                        }
                         for reading in group {
                             admit(reading, &mut assets, &models, &models_settings, &settings, &mut emit);
                         }
@@ -471,8 +490,7 @@ impl AssetState {
                     None => continue,
                 }
             };
-            let key =
-                WindowKey { model: refs.label.clone(), asset_id: asset.to_string(), subject, is_feature };
+            let key = WindowKey::new(refs.label.clone(), asset.to_string(), subject, is_feature);
             emit.push((slide.hold, Observation::Window(key, bin, slide.enter, count)));
         }
     }
