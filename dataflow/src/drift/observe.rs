@@ -431,7 +431,7 @@ fn close_bucket(
                 feature: None,
                 statistic,
                 value: signed,
-                threshold: change.statistic, // FIXME
+                threshold: change.threshold,
                 window_start: since,
                 window_end: end,
                 count: change.samples,

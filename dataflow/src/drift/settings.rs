@@ -115,8 +115,9 @@ impl DriftSettings {
             wasserstein_threshold,
             clear_ratio,
             block_buckets,
-            sequential: _,
+            sequential,
         } = self;
+        sequential.validate().map_err(|e| anyhow::anyhow!("[models.drift.sequential] {e}"))?;
         if *block_buckets == 0 {
             anyhow::bail!("[models.drift] block_buckets must be positive");
         }
