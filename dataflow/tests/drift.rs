@@ -282,7 +282,27 @@ fn a_new_version_whose_anomaly_rate_explodes_is_rolled_back() {
     let back = 2160;
     let scenario = scenario_with(&["plant"], &pumps_back_at(Some(back)));
     let out = scenario.dir.join("rollback");
-    run(&scenario, &config(&scenario, "plant", true), &out, 2);
+    // Into PostgreSQL as well: the lineage and the drift events in their tables.
+    let pg = millstream_testkit::TestPostgres::start().expect("a throwaway PostgreSQL");
+    let url = pg.create_database("drift_rollback").unwrap();
+    common::run_ok(&["migrate", "--database-url", &url]);
+    let output = run_command(&scenario, &config(&scenario, "plant", true), &out, 2)
+        .args(["--sink", &url])
+        .output()
+        .expect("millstream starts");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lineage_rows = common::psql(
+        &url,
+        "SELECT version || ' ' || coalesce(parent_version::text, '-') || ' ' || status || ' ' || published \
+         FROM model_versions ORDER BY version, status DESC",
+    );
+    assert_eq!(lineage_rows, "2 1 serving true\n2 1 rolled_back false\n3 2 serving true", "model_versions");
+    let drift_rows: usize = common::psql(&url, "SELECT count(*) FROM drift_events").parse().unwrap();
+    assert_eq!(
+        drift_rows,
+        common::read_lines(&out.join("drift.jsonl")).len(),
+        "drift_events holds every event"
+    );
 
     let lineage = read_json(&out.join("model_versions.jsonl"));
     let step = |version: u64, status: &str| {

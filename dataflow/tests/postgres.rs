@@ -11,15 +11,6 @@ use std::time::Duration;
 use common::*;
 use millstream_testkit::TestPostgres;
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn count(url: &str, table: &str) -> usize {
     psql(url, &format!("SELECT count(*) FROM {table}")).parse().unwrap()
 }

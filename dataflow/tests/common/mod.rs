@@ -195,3 +195,13 @@ pub fn reading_identity(v: &serde_json::Value) -> Option<(String, u64, u64)> {
     let ts = v["ts"].as_u64().or_else(|| v["ts"].as_str().and_then(parse_ts))?;
     Some((v["sensor_id"].as_str()?.to_owned(), ts, v["value"].as_f64()?.to_bits()))
 }
+
+/// The result of `sql` on `url`, by the real `psql` client (unaligned, tuples only), trimmed.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
