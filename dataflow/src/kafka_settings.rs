@@ -36,6 +36,8 @@ pub struct KafkaSettings {
     pub notification_topic: String,
     /// The sink's topic for dead letters.
     pub dead_letter_topic: String,
+    /// The sink's topic for model-updated events (each retrained, refused or rolled-back version).
+    pub control_topic: String,
     /// Partitions of the sink's topics when the sink has to create them.
     pub topic_partitions: i32,
     /// TLS to the brokers.
@@ -60,6 +62,7 @@ impl Default for KafkaSettings {
             metadata_refresh_ms: 30_000,
             notification_topic: topics.notifications,
             dead_letter_topic: topics.dead_letters,
+            control_topic: topics.control,
             topic_partitions: 4,
             tls: None,
             sasl: None,
@@ -154,6 +157,7 @@ impl KafkaSettings {
             metadata_refresh_ms: _,
             notification_topic: _,
             dead_letter_topic: _,
+            control_topic: _,
             topic_partitions: _,
             tls,
             sasl,
@@ -246,7 +250,11 @@ impl KafkaSettings {
     pub fn sink_topics(&self) -> Result<KafkaSinkTopics, ConfigError> {
         use millstream_connectors::kafka::options::valid_topic;
         for (key, topic) in
-            [("notification_topic", &self.notification_topic), ("dead_letter_topic", &self.dead_letter_topic)]
+            [
+                ("notification_topic", &self.notification_topic),
+                ("dead_letter_topic", &self.dead_letter_topic),
+                ("control_topic", &self.control_topic),
+            ]
         {
             if !valid_topic(topic) {
                 return Err(ConfigError::Invalid(format!(
@@ -257,6 +265,7 @@ impl KafkaSettings {
         Ok(KafkaSinkTopics {
             notifications: self.notification_topic.clone(),
             dead_letters: self.dead_letter_topic.clone(),
+            control: self.control_topic.clone(),
         })
     }
 }

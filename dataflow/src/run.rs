@@ -132,7 +132,11 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
                 topics: kafka.sink_topics()?,
             };
             if cluster.process == 0 {
-                let topics = [settings.topics.notifications.as_str(), settings.topics.dead_letters.as_str()];
+                let topics = [
+                    settings.topics.notifications.as_str(),
+                    settings.topics.dead_letters.as_str(),
+                    settings.topics.control.as_str(),
+                ];
                 millstream_sinks::kafka::ensure_topics(&settings.client, &topics, kafka.topic_partitions)
                     .map_err(|e| anyhow::anyhow!("kafka sink: {e}"))?;
             }

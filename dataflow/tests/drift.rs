@@ -216,7 +216,35 @@ fn anomaly_rate(scores: &[Value], from: u64, until: u64) -> (f64, usize) {
 fn sustained_drift_retrains_publishes_and_switches_every_worker_at_one_time() {
     let scenario = scenario(&["single", "cluster"]);
     let out = scenario.dir.join("retrain");
-    run(&scenario, &config(&scenario, "single", true), &out, 2);
+    // With a Kafka sink as well: drift events on the notification topic, the lineage on the
+    // control topic.
+    let kafka = millstream_testkit::TestKafka::start().expect("a tansu broker starts");
+    let output = run_command(&scenario, &config(&scenario, "single", true), &out, 2)
+        .args(["--sink", &kafka.url()])
+        .output()
+        .expect("millstream starts");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let kind = |r: &millstream_testkit::ConsumedRecord| {
+        r.headers.iter().find(|(k, _)| k == "kind").map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let notifications = kafka.consume_all("millstream.notifications").unwrap();
+    let drift_records = notifications.iter().filter(|r| kind(r).as_deref() == Some("drift")).count();
+    assert_eq!(
+        drift_records,
+        common::read_lines(&out.join("drift.jsonl")).len(),
+        "every drift event is notified"
+    );
+    let control = kafka.consume_all("millstream.control").unwrap();
+    let lineage_records: Vec<Value> = control
+        .iter()
+        .inspect(|r| assert_eq!(kind(r).as_deref(), Some("model_version")))
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    assert_eq!(
+        lineage_records,
+        read_json(&out.join("model_versions.jsonl")),
+        "the control topic has the lineage"
+    );
     // The same, as 2 processes (with a store of its own): the same lineage and scores.
     let cluster = scenario.dir.join("retrain-p2");
     run_cluster(&scenario, &config(&scenario, "cluster", true), &cluster);

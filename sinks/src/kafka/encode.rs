@@ -1,7 +1,8 @@
 //! Kafka records for sink events: anomalies go to the notification topic keyed by asset, with
 //! their `event_id` in a header; dead letters go to the dead-letter topic as their raw bytes,
-//! with the reason and the source location in headers. Drift events and model versions go to the
-//! notification topic too (`kind` header `drift` or `model_version`), keyed by asset or model.
+//! with the reason and the source location in headers. Drift events go to the notification
+//! topic too (`kind` header `drift`, keyed by asset); model versions (the retrainer's
+//! model-updated events) to the control topic (`kind` header `model_version`, keyed by model).
 
 use millstream_events::{Anomaly, DeadLetter, EventTime, SinkEvent, SourceLocation};
 
@@ -10,6 +11,8 @@ use millstream_events::{Anomaly, DeadLetter, EventTime, SinkEvent, SourceLocatio
 pub enum TopicRole {
     Notifications,
     DeadLetters,
+    /// Model-updated events.
+    Control,
 }
 
 /// One record to produce, owned, so that it can be sent again after a failed delivery.
@@ -30,18 +33,19 @@ pub fn encode(event: &SinkEvent, time: EventTime) -> Option<Outgoing> {
         SinkEvent::Anomaly(a) => Some(notification(a, time)),
         SinkEvent::DeadLetter(d) => Some(dead_letter(d, time)),
         SinkEvent::Drift(d) => {
-            Some(tagged_notification(d.asset_id.to_string(), d.as_ref(), &d.event_id, "drift", time))
+            Some(tagged(TopicRole::Notifications, d.asset_id.to_string(), d.as_ref(), &d.event_id, "drift", time))
         }
         SinkEvent::ModelVersion(m) => {
             let id = format!("{}@v{}", m.model, m.version);
-            Some(tagged_notification(m.model.clone(), m.as_ref(), &id, "model_version", time))
+            Some(tagged(TopicRole::Control, m.model.clone(), m.as_ref(), &id, "model_version", time))
         }
         SinkEvent::Reading(_) | SinkEvent::MinuteAggregate(_) | SinkEvent::AssetScore(_) => None,
     }
 }
 
-/// A notification of another kind than an anomaly: its JSON, keyed, with its id and kind.
-fn tagged_notification<T: serde::Serialize>(
+/// A record of another kind than an anomaly: its JSON, keyed, with its id and kind.
+fn tagged<T: serde::Serialize>(
+    role: TopicRole,
     key: String,
     value: &T,
     id: &str,
@@ -49,7 +53,7 @@ fn tagged_notification<T: serde::Serialize>(
     time: EventTime,
 ) -> Outgoing {
     Outgoing {
-        role: TopicRole::Notifications,
+        role,
         key: Some(key),
         payload: serde_json::to_vec(value).expect("notifications always serialize"),
         headers: vec![("event_id", id.as_bytes().to_vec()), ("kind", kind.as_bytes().to_vec())],

@@ -18,6 +18,8 @@ use super::encode::{Outgoing, TopicRole};
 pub struct KafkaSinkTopics {
     pub notifications: String,
     pub dead_letters: String,
+    /// Model-updated events (the retrainer's lineage), for whatever manages models.
+    pub control: String,
 }
 
 impl Default for KafkaSinkTopics {
@@ -25,6 +27,7 @@ impl Default for KafkaSinkTopics {
         KafkaSinkTopics {
             notifications: "millstream.notifications".to_owned(),
             dead_letters: "millstream.dead-letters".to_owned(),
+            control: "millstream.control".to_owned(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl KafkaWriter {
         let topic = match record.role {
             TopicRole::Notifications => &self.topics.notifications,
             TopicRole::DeadLetters => &self.topics.dead_letters,
+            TopicRole::Control => &self.topics.control,
         };
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
