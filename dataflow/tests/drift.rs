@@ -92,11 +92,16 @@ fn scenario_with(prefixes: &[&str], pumps: &[Pump]) -> Scenario {
 }
 
 fn config(scenario: &Scenario, prefix: &str, retrain: bool) -> PathBuf {
+    config_with(scenario, prefix, retrain, 200)
+}
+
+/// [`config`] with `min_rows` for the retrainer.
+fn config_with(scenario: &Scenario, prefix: &str, retrain: bool, min_rows: usize) -> PathBuf {
     let text = format!(
         "[models]\nstore = {{ url = \"s3://{BUCKET}/{prefix}\", endpoint = \"{}\", path_style = true, timeout_ms = 2000 }}\n\
          poll_interval_ms = 200\ndefault = \"{MODEL}\"\n\
          [models.drift]\nenabled = true\nwindow_ms = 600000\nslide_ms = 60000\n\
-         [models.retrain]\nenabled = {retrain}\nsustain_ms = 180000\nmin_rows = 200\nswitch_delay_ms = 60000\n",
+         [models.retrain]\nenabled = {retrain}\nsustain_ms = 180000\nmin_rows = {min_rows}\nswitch_delay_ms = 60000\n",
         scenario.s3.endpoint()
     );
     let path = scenario.dir.join(format!("{prefix}.toml"));
@@ -360,4 +365,26 @@ fn a_new_version_whose_anomaly_rate_explodes_is_rolled_back() {
     assert!(n_after > 1000, "{n_after}");
     assert!(after <= before + 0.02, "before {before}, after the rollback {after}");
     assert!(scores.iter().filter(|s| ts_field(s, "ts") >= restored).all(|s| s["model_version"] == "pump@v3"));
+}
+
+/// A retraining that its guard rails refuse (here: too little clean data) leaves the parent in
+/// service, publishes nothing, says why in the lineage, and is tried again while the drift lasts.
+#[test]
+fn a_refused_retraining_keeps_the_parent_and_says_why() {
+    let scenario = scenario(&["plant"]);
+    let out = scenario.dir.join("refused");
+    run(&scenario, &config_with(&scenario, "plant", true, 100_000), &out, 1);
+    let lineage = read_json(&out.join("model_versions.jsonl"));
+    assert!(lineage.len() >= 2, "refused, then tried again while the drift lasts: {lineage:?}");
+    for step in &lineage {
+        assert_eq!((step["status"].as_str(), step["version"].as_u64()), (Some("refused"), Some(2)), "{step}");
+        assert!(step["reason"].as_str().unwrap().contains("fewer than 100000"), "{step}");
+        assert_eq!(step["published"], false);
+    }
+    let attempts: Vec<u64> = lineage.iter().map(|s| ts_field(s, "effective_from")).collect();
+    assert!(attempts.windows(2).all(|w| w[1] >= w[0] + 180_000), "one attempt per sustain_ms: {attempts:?}");
+    let keys = scenario.s3.list_keys(BUCKET, "plant/").unwrap();
+    assert_eq!(keys, vec![format!("plant/{MODEL}/v0000000001.model")], "nothing published");
+    let scores = read_json(&out.join("asset_scores.jsonl"));
+    assert!(scores.iter().all(|s| s["model_version"] == "pump@v1"), "the parent keeps serving");
 }

@@ -80,8 +80,10 @@ struct ModelState {
     serving: Option<Arc<Serving>>,
     rows: VecDeque<TrainingRow>,
     last_retrain: Option<EventTime>,
-    /// The version requests were last answered for (one answer per version).
+    /// The version a new one was made from (one per version).
     answered: Option<u64>,
+    /// The last attempt: at most one per `sustain_ms` (windows of many assets ask together).
+    attempted_at: Option<EventTime>,
     probation: Option<Probation>,
 }
 
@@ -311,7 +313,10 @@ fn answer(
     if state.last_retrain.is_some_and(|last| now < last + settings.min_interval_ms) {
         return; // Asked again later: the window stays in drift.
     }
-    state.answered = Some(serving.version);
+    if state.attempted_at.is_some_and(|at| now < at + settings.sustain_ms) {
+        return;
+    }
+    state.attempted_at = Some(now);
     let effective_from = now + settings.switch_delay_ms;
     let reason = format!(
         "drift: {} on {} at {:.2}× its threshold since {}",
@@ -398,6 +403,7 @@ fn answer(
     tracing::info!(model = %request.model, version, parent = serving.version, effective_from, rows = fit.len(), "retrained model version");
     lineage.version = version;
     lineage.status = ModelVersionStatus::Serving;
+    state.answered = Some(serving.version);
     out.push(Retrained::Lineage(Box::new(lineage)));
     out.push(Retrained::Update(ModelUpdate {
         name: request.model.clone(),

@@ -83,9 +83,11 @@ pub fn window_histograms<'scope>(
 #[derive(Default)]
 struct KeyState {
     drifting: [bool; 3],
-    /// The first boundary of the current unbroken drift, and whether it was reported.
+    /// The first boundary of the current unbroken drift, and when it last asked for a new
+    /// version (again every `sustain_ms` while the drift lasts: a refused retraining may pass
+    /// with more data).
     since: Option<EventTime>,
-    requested: bool,
+    requested_at: Option<EventTime>,
 }
 
 const WINDOW_STATISTICS: [DriftStatistic; 3] =
@@ -232,12 +234,13 @@ fn judge_window(
     }
     let Some((statistic, ratio)) = worst else {
         state.since = None;
-        state.requested = false;
+        state.requested_at = None;
         return;
     };
     let since = *state.since.get_or_insert(t);
-    if retrain.enabled && !state.requested && t >= since + retrain.sustain_ms {
-        state.requested = true;
+    let due = state.requested_at.is_none_or(|at| t >= at + retrain.sustain_ms);
+    if retrain.enabled && due && t >= since + retrain.sustain_ms {
+        state.requested_at = Some(t);
         give(Judgement::Retrain(RetrainRequest {
             model: name.to_owned(),
             version: refs.version,
