@@ -60,3 +60,73 @@ impl<D: 'static> Stash<D> {
         }
     }
 }
+
+/// What [`Ordered::next`] hands out: the updates of one time, or the records of one time.
+pub enum Next<D, U> {
+    Updates(EventTime, Vec<U>),
+    Records(EventTime, Vec<D>),
+}
+
+/// Records and the updates they depend on (model versions), released in event-time order once
+/// both inputs' frontiers have passed their time: the updates of a time before its records,
+/// so a version effective at `t` serves every record of `t` on every worker.
+pub struct Ordered<D, U> {
+    pub records: Stash<D>,
+    pub updates: BTreeMap<EventTime, Vec<U>>,
+}
+
+impl<D, U> Default for Ordered<D, U> {
+    fn default() -> Self {
+        Ordered { records: Stash::default(), updates: BTreeMap::new() }
+    }
+}
+
+impl<D: 'static, U: 'static> Ordered<D, U> {
+    /// Moves everything the updates `input` holds in (updates hold no capability: outputs come
+    /// from records).
+    pub fn take_updates<P: Pull<Message<EventTime, Vec<U>>>>(
+        &mut self,
+        input: &mut InputHandleCore<EventTime, Vec<U>, P>,
+    ) {
+        input.for_each(|cap, data| {
+            if let Some(&time) = cap.least() {
+                self.updates.entry(time).or_default().append(data);
+            }
+        });
+    }
+
+    /// The earliest complete time's updates, else its records; `None` when the earliest time
+    /// pending is not complete yet (a frontier has not passed it).
+    pub fn next(
+        &mut self,
+        records_frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+        updates_frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+    ) -> Option<Next<D, U>> {
+        let complete = |t: &EventTime| !records_frontier.less_equal(t) && !updates_frontier.less_equal(t);
+        let update = self.updates.first_key_value().map(|(t, _)| *t).filter(complete);
+        let record = self.records.pending.first_key_value().map(|(t, _)| *t).filter(complete);
+        match (update, record) {
+            (Some(u), r) if r.is_none_or(|r| u <= r) => {
+                Some(Next::Updates(u, self.updates.remove(&u).unwrap_or_default()))
+            }
+            (_, Some(r)) => Some(Next::Records(r, self.records.pending.remove(&r).unwrap_or_default())),
+            _ => None,
+        }
+    }
+
+    /// The earliest time a record still pending, or in flight on either input, may have:
+    /// work before it (buckets, slides) is complete.
+    pub fn in_flight(
+        &self,
+        records_frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+        updates_frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+    ) -> EventTime {
+        [records_frontier.first(), updates_frontier.first()]
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(self.records.pending.keys().next().copied())
+            .min()
+            .unwrap_or(EventTime::MAX)
+    }
+}

@@ -69,9 +69,10 @@ fn scenario_with(prefixes: &[&str], pumps: &[Pump]) -> Scenario {
     let env = s3_env(&s3);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("pumps.jsonl");
-    write_samples(&input, &samples(pumps, START_MS, 0, END_S));
+    // Half a second into each 1 s bucket: a bucket's first reading comes after its start.
+    write_samples(&input, &samples(pumps, START_MS + 500, 0, END_S));
     let training = dir.path().join("training.jsonl");
-    write_samples(&training, &samples(&pumps[..1], START_MS, 0, 1200));
+    write_samples(&training, &samples(&pumps[..1], START_MS + 500, 0, 1200));
     for prefix in prefixes {
         train(
             &env,

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use super::settings::DriftSettings;
 use crate::models::{ModelUpdate, ModelsSettings};
+use crate::stash::{Next, Ordered};
 
 /// What the observer does: the drift settings, and whether the retrainer wants rows.
 struct Params {
@@ -167,6 +167,8 @@ struct AssetState {
     features: FeatureState,
     accumulator: BucketAccumulator,
     bucket: Option<EventTime>,
+    /// The timely time of the open bucket's first reading: its outputs are owed from then.
+    bucket_time: Option<EventTime>,
     clean: bool,
     detectors: Vec<SensorDetector>,
     /// The sensor ids seen, per plan sensor (for event subjects).
@@ -206,32 +208,18 @@ pub fn observe<'scope>(
         let epoch_ms = epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
         let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
-        let mut pending: BTreeMap<EventTime, Vec<ReadingRow>> = BTreeMap::new();
-        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
-        let mut capability: Option<Capability<EventTime>> = None;
+        let mut ordered: Ordered<ReadingRow, ModelUpdate> = Ordered::default();
         let mut emit: Vec<(EventTime, Observation)> = Vec::new();
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
-            readings.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if capability.as_ref().is_none_or(|c| time < *c.time()) {
-                    capability = cap.retain_least(0);
-                }
-                pending.entry(time).or_default().append(data);
-            });
-            updates.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                pending_updates.entry(time).or_default().append(data);
-            });
-            let complete = |t: &EventTime| {
-                !readings_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
-            };
-            loop {
-                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
-                let next_readings = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
-                match (next_update, next_readings) {
-                    (Some(u), r) if r.is_none_or(|r| u <= r) => {
+            ordered.records.take(readings);
+            ordered.take_updates(updates);
+            let (readings_frontier, updates_frontier) =
+                (readings_frontier.frontier(), updates_frontier.frontier());
+            while let Some(next) = ordered.next(readings_frontier, updates_frontier) {
+                match next {
+                    Next::Updates(u, updates) => {
                         close_buckets_before(u, epoch_ms, &mut assets, &models, &settings, &mut emit);
-                        for update in pending_updates.remove(&u).unwrap_or_default() {
+                        for update in updates {
                             // The old version's slides end here: its windows get no more.
                             if let Some(refs) = models.get(&update.name) {
                                 for (asset, state) in assets.iter_mut() {
@@ -243,34 +231,34 @@ pub fn observe<'scope>(
                             apply_update(&mut models, &update, settings.bins);
                         }
                     }
-                    (_, Some(time)) => {
-                        let mut group = pending.remove(&time).unwrap_or_default();
+                    Next::Records(time, mut group) => {
                         // By event time, stably: a sensor's readings come from one worker in
                         // order, and different sensors add into different sums.
                         if !group.is_sorted_by_key(|r| r.ts) {
                             group.sort_by_key(|r| r.ts);
                         }
                         for reading in group {
-                            admit(reading, &mut assets, &models, &models_settings, &settings, &mut emit);
+                            admit(
+                                reading,
+                                time,
+                                &mut assets,
+                                &models,
+                                &models_settings,
+                                &settings,
+                                &mut emit,
+                            );
                         }
                     }
-                    _ => break,
                 }
             }
-            let in_flight = [readings_frontier.frontier().first(), updates_frontier.frontier().first()]
-                .into_iter()
-                .flatten()
-                .copied()
-                .chain(pending.first_key_value().map(|(t, _)| *t))
-                .min()
-                .unwrap_or(EventTime::MAX);
+            let in_flight = ordered.in_flight(readings_frontier, updates_frontier);
             close_buckets_before(in_flight, epoch_ms, &mut assets, &models, &settings, &mut emit);
             if !emit.is_empty() {
-                let cap = capability.as_ref().expect("observations come from held readings");
+                let cap = ordered.records.capability.as_ref().expect("observations come from held readings");
                 emit.sort_by_key(|(t, _)| *t);
                 let mut items = emit.drain(..).peekable();
                 while let Some((t, first)) = items.next() {
-                    let time_cap = cap.delayed(&t.max(*cap.time()));
+                    let time_cap = cap.delayed(&t);
                     let mut session = output.session(&time_cap);
                     session.give(first);
                     while let Some((_, item)) = items.next_if(|(u, _)| *u == t) {
@@ -278,20 +266,14 @@ pub fn observe<'scope>(
                     }
                 }
             }
-            // Hold the capability at the earliest reading still pending or in an open bucket.
-            let earliest = pending
-                .first_key_value()
-                .map(|(t, _)| *t)
-                .into_iter()
-                .chain(assets.values().filter_map(|s| s.bucket.map(|b| epoch(b, epoch_ms))))
+            // Hold the capability at the earliest reading still pending, in an open bucket, or
+            // in a slide not yet flushed.
+            let owed = assets
+                .values()
+                .filter_map(|s| s.bucket_time)
                 .chain(assets.values().filter_map(|s| s.slide.as_ref().map(|slide| slide.hold)))
                 .min();
-            match (earliest, capability.as_mut()) {
-                (Some(t), Some(cap)) if t > *cap.time() => cap.downgrade(&t),
-                (Some(_), Some(_)) => {}
-                (None, _) => capability = None,
-                (Some(_), None) => unreachable!("held readings came with a capability"),
-            }
+            ordered.records.hold(owed);
         }
     })
 }
@@ -327,6 +309,7 @@ fn close_buckets_before(
 
 fn admit(
     reading: ReadingRow,
+    time: EventTime,
     assets: &mut FxHashMap<CompactString, AssetState>,
     models: &FxHashMap<String, Arc<References>>,
     models_settings: &ModelsSettings,
@@ -366,6 +349,7 @@ fn admit(
     }
     if state.bucket.is_none() {
         state.bucket = Some(bucket);
+        state.bucket_time = Some(time);
         state.clean = true;
     }
     if let Some(i) = refs.plan.sensor_index(sensor_name(&reading.sensor_id)) {
@@ -385,6 +369,7 @@ fn close_bucket(
     emit: &mut Vec<(EventTime, Observation)>,
 ) {
     let Some(bucket) = state.bucket.take() else { return };
+    state.bucket_time = None;
     let end = bucket + state.bucket_ms;
     let sensors = state.accumulator.take().to_vec();
     state.features.push(&refs.plan, &sensors, &mut state.row);
@@ -465,6 +450,7 @@ impl AssetState {
             features: FeatureState::default(),
             accumulator: BucketAccumulator::default(),
             bucket: None,
+            bucket_time: None,
             clean: true,
             detectors: Vec::new(),
             sensor_ids: Vec::new(),

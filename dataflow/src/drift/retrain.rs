@@ -17,7 +17,7 @@
 //! above the highest there); a store that cannot be reached leaves the version unpublished
 //! but served, numbered one above the serving one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use millstream_connectors::model_store::ModelStore;
@@ -28,13 +28,13 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use super::observe::TrainingRow;
 use super::settings::RetrainSettings;
 use super::windows::RetrainRequest;
 use crate::models::{ModelUpdate, ModelsSettings};
+use crate::stash::{Next, Ordered};
 use crate::stats::RunStats;
 
 /// Into the retrainer, by model.
@@ -97,38 +97,21 @@ pub fn retrain<'scope>(
     let pact = Exchange::new(|i: &TrainerInput| xxhash_rust::xxh3::xxh3_64(i.model().as_bytes()));
     inputs.binary_frontier(updates, pact, Pipeline, "Retrain", move |_, _| {
         let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
-        let mut pending: BTreeMap<EventTime, Vec<TrainerInput>> = BTreeMap::new();
-        let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
-        let mut capability: Option<Capability<EventTime>> = None;
+        let mut ordered: Ordered<TrainerInput, ModelUpdate> = Ordered::default();
         let mut publisher = Publisher { settings: Arc::clone(&models_settings), store: None };
         move |(input, input_frontier), (updates, updates_frontier), output| {
-            input.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if capability.as_ref().is_none_or(|c| time < *c.time()) {
-                    capability = cap.retain_least(0);
-                }
-                pending.entry(time).or_default().append(data);
-            });
-            updates.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                pending_updates.entry(time).or_default().append(data);
-            });
-            let complete = |t: &EventTime| {
-                !input_frontier.frontier().less_equal(t) && !updates_frontier.frontier().less_equal(t)
-            };
-            loop {
-                let next_update = pending_updates.first_key_value().map(|(t, _)| *t).filter(&complete);
-                let next = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
-                match (next_update, next) {
-                    (Some(u), t) if t.is_none_or(|t| u <= t) => {
-                        for update in pending_updates.remove(&u).unwrap_or_default() {
+            ordered.records.take(input);
+            ordered.take_updates(updates);
+            while let Some(next) = ordered.next(input_frontier.frontier(), updates_frontier.frontier()) {
+                match next {
+                    Next::Updates(u, updates) => {
+                        for update in updates {
                             serve(&mut models, &update, u);
                         }
                     }
-                    (_, Some(t)) => {
-                        let mut group = pending.remove(&t).unwrap_or_default();
+                    Next::Records(t, group) => {
                         let (mut rows, mut requests): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
-                        for item in group.drain(..) {
+                        for item in group {
                             match item {
                                 TrainerInput::Row(row) => rows.push(*row),
                                 TrainerInput::Request(request) => requests.push(request),
@@ -146,18 +129,14 @@ pub fn retrain<'scope>(
                             answer(&mut models, &request, t, &settings, &mut publisher, &stats, &mut out);
                         }
                         if !out.is_empty() {
-                            let cap = capability.as_ref().expect("held with the pending inputs");
+                            let cap =
+                                ordered.records.capability.as_ref().expect("held with the pending inputs");
                             output.session(&cap.delayed(&t)).give_iterator(out.into_iter());
                         }
                     }
-                    _ => break,
                 }
             }
-            match (pending.first_key_value().map(|(t, _)| *t), capability.as_mut()) {
-                (Some(t), Some(cap)) => cap.downgrade(&t),
-                (None, _) => capability = None,
-                (Some(_), None) => unreachable!("pending inputs came with a capability"),
-            }
+            ordered.records.hold(None);
         }
     })
 }

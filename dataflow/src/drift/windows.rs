@@ -53,11 +53,14 @@ pub enum Judgement {
     Retrain(RetrainRequest),
 }
 
+/// A window's histogram (counts per reference bin) as a differential update.
+pub type HistogramUpdate = ((WindowKey, Vec<u64>), EventTime, isize);
+
 /// Histograms per key, one new value per slide boundary at which the window changed.
 pub fn window_histograms<'scope>(
     observations: Stream<'scope, EventTime, Vec<(WindowKey, u16, EventTime, u32)>>,
     settings: &DriftSettings,
-) -> Stream<'scope, EventTime, Vec<((WindowKey, Vec<u64>), EventTime, isize)>> {
+) -> Stream<'scope, EventTime, Vec<HistogramUpdate>> {
     let (slide, window) = (settings.slide_ms, settings.window_ms);
     let bins = settings.bins;
     observations
@@ -94,7 +97,7 @@ const WINDOW_STATISTICS: [DriftStatistic; 3] =
     [DriftStatistic::Psi, DriftStatistic::Ks, DriftStatistic::Wasserstein];
 
 pub fn judge<'scope>(
-    histograms: Stream<'scope, EventTime, Vec<((WindowKey, Vec<u64>), EventTime, isize)>>,
+    histograms: Stream<'scope, EventTime, Vec<HistogramUpdate>>,
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     drift: DriftSettings,
     retrain: RetrainSettings,
