@@ -1,15 +1,27 @@
 //! `millstream report`: the readings of one sensor or of an asset's sensors over time, as an
-//! SVG or PNG image, with anomaly episodes shaded, and a summary table on the console.
+//! SVG or PNG image, with anomaly episodes shaded and drift events marked, and a summary table
+//! on the console.
 //!
 //! - **Data** comes from a `jsonl:DIR` run output (`scores.jsonl`, which a run writes only with
-//!   `--emit-scores`, and `anomalies.jsonl`) or from PostgreSQL (`readings` and `anomalies`).
+//!   `--emit-scores`, `anomalies.jsonl`, and `drift.jsonl` when the run had `[models.drift]`)
+//!   or from PostgreSQL (`readings`, `anomalies` and `drift_events`). A directory without
+//!   `drift.jsonl` (a run without drift detection, or from before it existed) has no drift
+//!   events; a database without the `drift_events` table is an error that says to migrate,
+//!   because every sink that writes the other tables applies that migration too.
 //! - **The image** has one panel per sensor, stacked, on one shared UTC time axis: the on-time
 //!   readings as a line (broken where the sensor was silent), late readings as hollow markers,
 //!   anomalies as filled markers, and anomaly episodes shaded. An episode is a run of a
 //!   sensor's anomalies less than [`EPISODE_GAP_MS`] apart; it is shaded from its first to its
 //!   last anomaly, at least [`MIN_EPISODE_PX`] pixels wide.
-//! - **Drift events** are drawn by [`draw_drift_events`]. No drift detector exists yet, so the
-//!   report passes it an empty slice.
+//! - **Drift events** are vertical lines at their window's end, labelled with the statistic
+//!   (`psi 0.42`, `mean_shift up`). A per-sensor event goes on its sensor's panel; a per-asset
+//!   feature event (`flow:ma15`) on the panel of the asset's sensor the feature is computed
+//!   from (`…/flow`), its label naming the feature. One drift episode can emit several
+//!   statistics for several windows at one slide, so events less than [`DRIFT_MERGE_PX`] apart
+//!   on a panel share one line, labelled with the strongest (furthest past its threshold) and
+//!   how many more there are; labels that would overlap are stacked in up to
+//!   [`DRIFT_LABEL_ROWS`] rows, and left out beyond that (the line stays, and the table counts
+//!   every event).
 //! - **Text** is drawn with a bundled font (Roboto Regular, SIL Open Font License 1.1, see
 //!   `dataflow/assets/fonts/Roboto-OFL.txt`), so the PNG renders the same on a machine without
 //!   any system fonts.
@@ -22,6 +34,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use millstream_events::time::{format_rfc3339_millis, parse_rfc3339, MAX_EVENT_TIME};
 use millstream_events::EventTime;
+use millstream_operators::features::sensor_name;
 use plotters::coord::combinators::{BindKeyPoints, WithKeyPoints};
 use plotters::coord::types::{RangedCoordf64, RangedCoordi64};
 use plotters::coord::Shift;
@@ -41,6 +54,10 @@ const FAMILY: &str = "sans-serif";
 pub const EPISODE_GAP_MS: EventTime = 30_000;
 /// The narrowest an episode is shaded, so that a single anomaly stays visible.
 pub const MIN_EPISODE_PX: f64 = 6.0;
+/// Drift events of one panel closer than this share one marker line (and one label).
+pub const DRIFT_MERGE_PX: i32 = 6;
+/// Rows of drift labels at the top of a panel; a label that fits in none is left out.
+pub const DRIFT_LABEL_ROWS: usize = 3;
 /// Height of the title and legend above the panels.
 pub const HEADER_PX: u32 = 80;
 /// Height of the time axis labels below the last panel.
@@ -123,7 +140,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
         Source::Jsonl(dir) => load_jsonl(dir, &selection, &range)?,
         Source::Postgres(url) => load_postgres(url, &selection, &range)?,
     };
-    let panels: Vec<Panel> = loaded.series.into_iter().map(|(id, series)| Panel::new(id, series)).collect();
+    let mut panels: Vec<Panel> =
+        loaded.series.into_iter().map(|(id, series)| Panel::new(id, series)).collect();
     let readings: usize = panels.iter().map(|p| p.stats.readings).sum();
     if readings == 0 {
         let span = match loaded.span {
@@ -134,13 +152,12 @@ pub fn report(args: ReportArgs) -> Result<()> {
         };
         bail!("no readings of {} in {}{}{span}", selection.describe(), source.describe(), range.describe());
     }
-    let plot = Plot::new(&source, &selection, &range, panels);
-    // Drift detection does not exist yet (issue 6): nothing to mark, and nothing is made up.
-    let drift: &[DriftEvent] = &[];
+    let drift = place_drift(&loaded.drift, &mut panels);
+    let plot = Plot::new(&source, &selection, &range, panels, &drift);
     let (width, height) = image_size(plot.panels.len(), args.width, args.panel_height);
     match format {
-        ImageFormat::Svg => write_svg(&args.out, (width, height), args.panel_height, &plot, drift)?,
-        ImageFormat::Png => write_png(&args.out, (width, height), args.panel_height, &plot, drift)?,
+        ImageFormat::Svg => write_svg(&args.out, (width, height), args.panel_height, &plot, &drift)?,
+        ImageFormat::Png => write_png(&args.out, (width, height), args.panel_height, &plot, &drift)?,
     }
     print!("{}", summary_table(&plot.panels));
     eprintln!(
@@ -234,6 +251,30 @@ impl Selection {
             || matches!((self, asset_id), (Selection::Asset(asset), Some(a)) if a == asset)
     }
 
+    /// Whether a drift event belongs to the selection: a sensor's event as that sensor's
+    /// anomalies do; an asset feature's event when it is of the selected asset or, for one
+    /// sensor, of that sensor's asset and computed from that sensor.
+    fn matches_drift(&self, asset_id: &str, sensor_id: Option<&str>, feature: Option<&str>) -> bool {
+        match (sensor_id, feature) {
+            (Some(sensor), _) => self.matches_anomaly(sensor, Some(asset_id)),
+            (None, Some(feature)) => match self {
+                Selection::Asset(asset) => asset_id == asset,
+                Selection::Sensor(id) => {
+                    asset_id == asset_of(id) && feature_sensor(feature) == sensor_name(id)
+                }
+            },
+            (None, None) => false,
+        }
+    }
+
+    /// The asset whose feature events the selection shows.
+    fn drift_asset(&self) -> &str {
+        match self {
+            Selection::Sensor(id) => asset_of(id),
+            Selection::Asset(asset) => asset,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Selection::Sensor(id) => format!("sensor `{id}`"),
@@ -289,6 +330,13 @@ fn asset_of(sensor_id: &str) -> &str {
     sensor_id.rsplit_once('/').map_or(sensor_id, |(asset, _)| asset)
 }
 
+/// The sensor a model feature is computed from: the part before its first `:`
+/// (`flow:ma15:diff30` → `flow`), matched against the last segment of a sensor id as the
+/// feature plan does (`millstream_operators::features`).
+fn feature_sensor(feature: &str) -> &str {
+    feature.split(':').next().unwrap_or(feature)
+}
+
 /// Inclusive event-time bounds.
 #[derive(Debug, Clone, Copy, Default)]
 struct TimeRange {
@@ -331,11 +379,29 @@ struct Series {
     anomalies: Vec<Anomaly>,
 }
 
+/// A drift event as a run stored it, reduced to what the report shows.
+#[derive(Debug, Clone, PartialEq)]
+struct StoredDrift {
+    asset_id: String,
+    /// Set for a per-sensor window or sequential detector.
+    sensor_id: Option<String>,
+    /// Set for a per-asset feature window (`flow:ma15`).
+    feature: Option<String>,
+    /// `psi`, `ks`, `wasserstein`, `mean_shift`, `variance_shift`: kept as text, so that a
+    /// statistic added later is still drawn.
+    statistic: String,
+    value: f64,
+    threshold: f64,
+    window_end: EventTime,
+}
+
 /// What a source gave for a selection.
 struct Loaded {
     /// Every selected sensor, with its readings and anomalies inside the time range (a sensor
     /// whose data all lies outside the range is present, empty).
     series: BTreeMap<String, Series>,
+    /// The selection's drift events whose window ends inside the time range.
+    drift: Vec<StoredDrift>,
     /// First and last event time of the selection's data, ignoring the time range.
     span: Option<(EventTime, EventTime)>,
 }
@@ -368,6 +434,22 @@ struct AnomalyLine<'a> {
     ts: Cow<'a, str>,
     value: f64,
     score: f64,
+}
+
+#[derive(Deserialize)]
+struct DriftLine<'a> {
+    #[serde(borrow)]
+    asset_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    sensor_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    feature: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    statistic: Cow<'a, str>,
+    value: f64,
+    threshold: f64,
+    #[serde(borrow)]
+    window_end: Cow<'a, str>,
 }
 
 /// Calls `each(line_number, line)` for every non-empty line of a JSONL file.
@@ -451,7 +533,35 @@ fn load_jsonl(dir: &Path, selection: &Selection, range: &TimeRange) -> Result<Lo
     if series.is_empty() {
         return Err(selection.unknown(&shown, &sensors));
     }
-    Ok(Loaded { series, span })
+    // A run without `[models.drift]`, or from before drift detection, writes no drift.jsonl.
+    // Without a reading in the range there is no report, and that error comes first.
+    let drift_path = dir.join("drift.jsonl");
+    let mut drift = Vec::new();
+    if drift_path.exists() && series.values().any(|s| !s.readings.is_empty()) {
+        for_each_line(&drift_path, |text| {
+            let line: DriftLine = serde_json::from_str(text).context("not a drift.jsonl line")?;
+            if line.sensor_id.is_none() && line.feature.is_none() {
+                bail!("a drift event needs a sensor_id or a feature");
+            }
+            if !selection.matches_drift(&line.asset_id, line.sensor_id.as_deref(), line.feature.as_deref()) {
+                return Ok(());
+            }
+            let window_end = parse_rfc3339(&line.window_end).context("window_end")?;
+            if range.contains(window_end) {
+                drift.push(StoredDrift {
+                    asset_id: line.asset_id.into_owned(),
+                    sensor_id: line.sensor_id.map(Cow::into_owned),
+                    feature: line.feature.map(Cow::into_owned),
+                    statistic: line.statistic.into_owned(),
+                    value: line.value,
+                    threshold: line.threshold,
+                    window_end,
+                });
+            }
+            Ok(())
+        })?;
+    }
+    Ok(Loaded { series, span, drift })
 }
 
 fn load_postgres(url: &str, selection: &Selection, range: &TimeRange) -> Result<Loaded> {
@@ -498,6 +608,45 @@ fn load_postgres(url: &str, selection: &Selection, range: &TimeRange) -> Result<
             )
             .await
             .with_context(|| context("anomalies"))?;
+        // Per-sensor events as anomalies are selected; feature events by their asset (and,
+        // for one sensor, by the feature's sensor, below).
+        let drift_filter = match selection {
+            Selection::Sensor(_) => "(sensor_id = $1 OR (sensor_id IS NULL AND asset_id = $4))".to_owned(),
+            Selection::Asset(_) => format!("({filter} OR asset_id = $4)"),
+        };
+        let drift_in_range =
+            "window_end >= to_timestamp($2::float8 / 1000) AND window_end <= to_timestamp($3::float8 / 1000)";
+        // Without a reading in the range there is no report, and that error comes first.
+        let drift_rows = if readings.is_empty() {
+            Vec::new()
+        } else {
+            client
+                .query(
+                    &format!(
+                        "SELECT asset_id, sensor_id, feature, statistic, value, threshold, \
+                         (extract(epoch FROM window_end) * 1000)::int8 FROM drift_events \
+                         WHERE {drift_filter} AND {drift_in_range} ORDER BY window_end, event_id"
+                    ),
+                    &[&pattern, &from, &to, &selection.drift_asset()],
+                )
+                .await
+                .map_err(|e| drift_query_error(e, &shown))?
+        };
+        let mut drift = Vec::new();
+        for row in &drift_rows {
+            let event = StoredDrift {
+                asset_id: row.try_get(0)?,
+                sensor_id: row.try_get(1)?,
+                feature: row.try_get(2)?,
+                statistic: row.try_get(3)?,
+                value: row.try_get(4)?,
+                threshold: row.try_get(5)?,
+                window_end: row.try_get::<_, i64>(6)?.max(0) as EventTime,
+            };
+            if selection.matches_drift(&event.asset_id, event.sensor_id.as_deref(), event.feature.as_deref()) {
+                drift.push(event);
+            }
+        }
         let mut series: BTreeMap<String, Series> = BTreeMap::new();
         let mut span = None;
         for row in &readings {
@@ -546,8 +695,21 @@ fn load_postgres(url: &str, selection: &Selection, range: &TimeRange) -> Result<
                 series.entry(row.try_get(0)?).or_default();
             }
         }
-        Ok(Loaded { series, span })
+        Ok(Loaded { series, span, drift })
     })
+}
+
+/// The error of the `drift_events` query: a missing table gets its own message, since the
+/// database then predates migration 0002 while every sink that writes readings applies it.
+fn drift_query_error(error: tokio_postgres::Error, shown: &str) -> anyhow::Error {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+        anyhow!(
+            "cannot read drift events from {shown}: it has no drift_events table (migration 0002_drift); \
+             apply the migrations with `millstream migrate --database-url …` and report again"
+        )
+    } else {
+        anyhow::Error::new(error).context(format!("cannot read drift events from {shown}"))
+    }
 }
 
 /// A run of one sensor's anomalies, each less than [`EPISODE_GAP_MS`] after the one before.
@@ -574,11 +736,70 @@ pub fn episodes(sorted_ts: &[EventTime], gap_ms: EventTime) -> Vec<Episode> {
 }
 
 /// A drift event to mark on a sensor's panel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DriftEvent {
+    /// The panel it is drawn on.
     pub sensor_id: String,
+    /// Its window's end (for a sequential detection, the detection).
     pub ts: EventTime,
+    /// What it measured, e.g. `psi 0.42`, `mean_shift up`, `psi 0.42 (flow:ma15)`.
     pub label: String,
+    /// How far past its threshold it is (|value| / threshold): of events that share a marker,
+    /// the strongest names it.
+    pub strength: f64,
+}
+
+impl DriftEvent {
+    /// The label of a stored event: window statistics with their value; sequential detections
+    /// with their direction, since their value is a CUSUM statistic, not a size; a feature
+    /// event names its feature, since it is drawn on its sensor's panel.
+    fn label(event: &StoredDrift) -> String {
+        let statistic = event.statistic.as_str();
+        let base = match statistic {
+            "mean_shift" | "variance_shift" => {
+                format!("{statistic} {}", if event.value < 0.0 { "down" } else { "up" })
+            }
+            _ => format!("{statistic} {:.2}", event.value),
+        };
+        match (&event.sensor_id, &event.feature) {
+            (None, Some(feature)) => format!("{base} ({feature})"),
+            _ => base,
+        }
+    }
+}
+
+/// Puts each stored drift event on the panels it belongs to: a sensor's event on that sensor's
+/// panel, a feature event on the panel of the sensor it is computed from (the events are
+/// already those of the selection, so the sensor's name is enough). Counts them in the panels'
+/// stats; returns them by panel and time.
+fn place_drift(stored: &[StoredDrift], panels: &mut [Panel]) -> Vec<DriftEvent> {
+    let mut placed = Vec::new();
+    for event in stored {
+        let strength =
+            if event.threshold > 0.0 { event.value.abs() / event.threshold } else { event.value.abs() };
+        for panel in panels.iter_mut() {
+            let on_panel = match (&event.sensor_id, &event.feature) {
+                (Some(sensor), _) => *sensor == panel.sensor_id,
+                (None, Some(feature)) => feature_sensor(feature) == sensor_name(&panel.sensor_id),
+                (None, None) => false,
+            };
+            if on_panel {
+                panel.stats.drift += 1;
+                placed.push(DriftEvent {
+                    sensor_id: panel.sensor_id.clone(),
+                    ts: event.window_end,
+                    label: DriftEvent::label(event),
+                    strength,
+                });
+            }
+        }
+    }
+    placed.sort_by(|a, b| {
+        (a.sensor_id.as_str(), a.ts)
+            .cmp(&(b.sensor_id.as_str(), b.ts))
+            .then(b.strength.total_cmp(&a.strength))
+    });
+    placed
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -592,6 +813,8 @@ struct Stats {
     anomalies: usize,
     episodes: usize,
     late: usize,
+    /// Drift events drawn on the panel.
+    drift: usize,
 }
 
 /// One sensor's panel: its data sorted by time, its episodes and its numbers.
@@ -652,10 +875,18 @@ struct Plot {
 }
 
 impl Plot {
-    fn new(source: &Source, selection: &Selection, range: &TimeRange, panels: Vec<Panel>) -> Self {
+    fn new(
+        source: &Source,
+        selection: &Selection,
+        range: &TimeRange,
+        panels: Vec<Panel>,
+        drift: &[DriftEvent],
+    ) -> Self {
+        // A drift window can end just after the last reading: widen the axis to show it.
         let times = panels
             .iter()
-            .flat_map(|p| p.readings.iter().map(|r| r.ts).chain(p.anomalies.iter().map(|a| a.ts)));
+            .flat_map(|p| p.readings.iter().map(|r| r.ts).chain(p.anomalies.iter().map(|a| a.ts)))
+            .chain(drift.iter().map(|d| d.ts));
         let (first, last) = times.fold((EventTime::MAX, 0), |(lo, hi), ts| (lo.min(ts), hi.max(ts)));
         let mut x0 = range.from.unwrap_or(first) as i64;
         let mut x1 = range.to.unwrap_or(last) as i64;
@@ -668,7 +899,7 @@ impl Plot {
         let episodes: usize = panels.iter().map(|p| p.stats.episodes).sum();
         let n = panels.len();
         let title = format!("millstream report — {}", selection.describe().replace('`', ""));
-        let subtitle = format!(
+        let mut subtitle = format!(
             "{} · {} to {} (UTC) · {n} sensor{} · {readings} readings · {anomalies} anomal{} in {episodes} episode{}",
             source.describe(),
             format_ts(x0.max(0) as EventTime, 1000),
@@ -677,6 +908,13 @@ impl Plot {
             if anomalies == 1 { "y" } else { "ies" },
             if episodes == 1 { "" } else { "s" },
         );
+        if !drift.is_empty() {
+            subtitle.push_str(&format!(
+                " · {} drift event{}",
+                drift.len(),
+                if drift.len() == 1 { "" } else { "s" }
+            ));
+        }
         Plot { title, subtitle, x0, x1, panels }
     }
 }
@@ -895,12 +1133,17 @@ fn render<DB: DrawingBackend>(
         let last = i + 1 == n;
         let (y0, y1) = panel.y_range();
         let caption = format!(
-            "{} — {} readings, {} anomal{}{}",
+            "{} — {} readings, {} anomal{}{}{}",
             panel.sensor_id,
             panel.stats.readings,
             panel.stats.anomalies,
             if panel.stats.anomalies == 1 { "y" } else { "ies" },
             if panel.stats.late > 0 { format!(", {} late", panel.stats.late) } else { String::new() },
+            match panel.stats.drift {
+                0 => String::new(),
+                1 => ", 1 drift event".to_owned(),
+                n => format!(", {n} drift events"),
+            },
         );
         let mut chart = ChartBuilder::on(area)
             .margin_left(10)
@@ -979,38 +1222,102 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The hook for drift events: a vertical line with its label at each of the sensor's events.
+/// A sensor's drift events: a vertical line at each, labelled at the top of the panel.
 ///
-/// No drift detector exists yet (issue 6), so `report` passes an empty slice and the legend
-/// shows no drift entry. When drift events are stored, load them next to the anomalies and pass
-/// them here.
+/// A drift episode emits several statistics, for the sensor's window and for the features of
+/// its asset, often at one slide: events less than [`DRIFT_MERGE_PX`] apart share one line,
+/// labelled with the strongest and the number of others (`psi 4.31 and 5 more`), so that a
+/// burst reads as one event and not as a smear of overprinted text. Labels are stacked in up to
+/// [`DRIFT_LABEL_ROWS`] rows, each on a light background to stay legible over the readings; a
+/// label that fits in no row is left out (its line stays, and the console table counts it).
 pub fn draw_drift_events<DB: DrawingBackend>(
     chart: &mut TimeChart<'_, DB>,
     sensor_id: &str,
     events: &[DriftEvent],
     (y0, y1): (f64, f64),
 ) -> Result<()> {
-    let (x0, x1) = {
-        let range = chart.x_range();
-        (range.start, range.end)
-    };
-    let mine = || {
-        events
-            .iter()
-            .filter(|e| e.sensor_id == sensor_id)
-            .map(|e| (e.ts as i64, e))
-            .filter(|(x, _)| (x0..=x1).contains(x))
-    };
+    let range = chart.x_range();
+    let mut mine: Vec<&DriftEvent> = events
+        .iter()
+        .filter(|e| e.sensor_id == sensor_id && (range.start..=range.end).contains(&(e.ts as i64)))
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    mine.sort_by_key(|e| e.ts);
+    let columns: Vec<i32> = mine.iter().map(|e| chart.backend_coord(&(e.ts as i64, y1)).0).collect();
+    let markers = drift_markers(&mine, &columns, DRIFT_MERGE_PX);
     chart
-        .draw_series(
-            mine().map(|(x, _)| PathElement::new(vec![(x, y0), (x, y1)], DRIFT_COLOR.stroke_width(2))),
-        )
+        .draw_series(markers.iter().map(|m| {
+            // Thin and translucent, so that the readings stay visible under a dense episode; a
+            // line that stands for several events is drawn heavier.
+            let x = m.ts as i64;
+            let width = if m.count > 1 { 2 } else { 1 };
+            PathElement::new(vec![(x, y0), (x, y1)], DRIFT_COLOR.mix(0.8).stroke_width(width))
+        }))
         .map_err(draw_err)?;
-    let style = (FAMILY, 12).into_font().color(&DRIFT_COLOR).pos(Pos::new(HPos::Left, VPos::Top));
-    chart
-        .draw_series(mine().map(|(x, e)| Text::new(e.label.clone(), (x, y1), style.clone())))
-        .map_err(draw_err)?;
+    let style = (FAMILY, 12).into_font().color(&DRIFT_COLOR);
+    let area = chart.plotting_area();
+    let (columns_range, _) = area.get_pixel_range();
+    let mut row_ends = [i32::MIN; DRIFT_LABEL_ROWS];
+    for marker in &markers {
+        let (w, h) = area.estimate_text_size(&marker.label, &style).map_err(draw_err)?;
+        let (w, h) = (w as i32, h as i32);
+        // Right of the line, or left of it where the panel ends.
+        let left = if marker.column + 4 + w <= columns_range.end {
+            marker.column + 4
+        } else {
+            (marker.column - 4 - w).max(columns_range.start)
+        };
+        let Some(row) = row_ends.iter().position(|&end| left >= end.saturating_add(8)) else {
+            continue;
+        };
+        row_ends[row] = left + w;
+        let (dx, dy) = (left - marker.column, 3 + row as i32 * (h + 4));
+        let label = EmptyElement::at((marker.ts as i64, y1))
+            + Rectangle::new([(dx - 2, dy - 1), (dx + w + 2, dy + h + 1)], WHITE.mix(0.85).filled())
+            + Text::new(marker.label.clone(), (dx, dy), style.clone());
+        area.draw(&label).map_err(draw_err)?;
+    }
     Ok(())
+}
+
+/// One drawn drift line: the first of the events it stands for, and its label.
+#[derive(Debug, Clone, PartialEq)]
+struct DriftMarker {
+    ts: EventTime,
+    /// Its pixel column.
+    column: i32,
+    /// How many events it stands for.
+    count: usize,
+    label: String,
+}
+
+/// Groups a panel's events, sorted by time with their pixel columns, into markers: each group
+/// starts at an event and takes the following ones less than `merge_px` to its right (so a
+/// marker never spans more than `merge_px`, however long the burst).
+fn drift_markers(events: &[&DriftEvent], columns: &[i32], merge_px: i32) -> Vec<DriftMarker> {
+    let mut markers = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        while end < events.len() && columns[end] - columns[start] < merge_px {
+            end += 1;
+        }
+        let group = &events[start..end];
+        let strongest = group
+            .iter()
+            .copied()
+            .reduce(|best, e| if e.strength > best.strength { e } else { best })
+            .expect("a group holds at least its first event");
+        let label = match group.len() {
+            1 => strongest.label.clone(),
+            n => format!("{} and {} more", strongest.label, n - 1),
+        };
+        markers.push(DriftMarker { ts: group[0].ts, column: columns[start], count: group.len(), label });
+        start = end;
+    }
+    markers
 }
 
 fn draw_header<DB: DrawingBackend>(
@@ -1033,7 +1340,7 @@ fn draw_header<DB: DrawingBackend>(
         ("anomaly episode (anomalies ≤ 30 s apart)", Legend::Episode),
     ];
     if with_drift {
-        items.push(("drift event", Legend::Drift));
+        items.push(("drift event (at its window end)", Legend::Drift));
     }
     for (text, kind) in items {
         match kind {
@@ -1065,13 +1372,24 @@ enum Legend {
     Drift,
 }
 
-/// The console table: one row per sensor.
+/// The console table: one row per sensor, with the drift events drawn on its panel.
 fn summary_table(panels: &[Panel]) -> String {
-    let header =
-        ["sensor", "readings", "first", "last", "min", "mean", "max", "anomalies", "episodes", "late"];
+    let header = [
+        "sensor",
+        "readings",
+        "first",
+        "last",
+        "min",
+        "mean",
+        "max",
+        "anomalies",
+        "episodes",
+        "late",
+        "drift",
+    ];
     let number = |v: f64| if v.is_finite() { format!("{v:.3}") } else { "-".to_owned() };
     let time = |t: Option<EventTime>| t.map_or("-".to_owned(), |t| format_ts(t, 1000));
-    let rows: Vec<[String; 10]> = panels
+    let rows: Vec<[String; 11]> = panels
         .iter()
         .map(|p| {
             let s = &p.stats;
@@ -1086,6 +1404,7 @@ fn summary_table(panels: &[Panel]) -> String {
                 s.anomalies.to_string(),
                 s.episodes.to_string(),
                 s.late.to_string(),
+                s.drift.to_string(),
             ]
         })
         .collect();
@@ -1242,8 +1561,94 @@ mod tests {
                 "3.000",
                 "1",
                 "1",
-                "1"
+                "1",
+                "0"
             ]
         );
+    }
+
+    fn stored(sensor: Option<&str>, feature: Option<&str>, statistic: &str, value: f64) -> StoredDrift {
+        StoredDrift {
+            asset_id: "p1".into(),
+            sensor_id: sensor.map(str::to_owned),
+            feature: feature.map(str::to_owned),
+            statistic: statistic.into(),
+            value,
+            threshold: 0.25,
+            window_end: 60_000,
+        }
+    }
+
+    #[test]
+    fn drift_selection_follows_sensors_and_feature_sensors() {
+        let asset = Selection::Asset("p1".into());
+        let flow = Selection::Sensor("p1/flow".into());
+        assert!(asset.matches_drift("p1", Some("p1/flow"), None));
+        assert!(asset.matches_drift("p1", None, Some("temp:ma15")));
+        assert!(!asset.matches_drift("p2", None, Some("flow:ma15")));
+        assert!(!asset.matches_drift("p2", Some("p2/flow"), None));
+        assert!(flow.matches_drift("p1", Some("p1/flow"), None));
+        assert!(!flow.matches_drift("p1", Some("p1/temp"), None));
+        assert!(flow.matches_drift("p1", None, Some("flow:ma15:diff30")));
+        assert!(flow.matches_drift("p1", None, Some("flow")));
+        assert!(!flow.matches_drift("p1", None, Some("temp:ma15")));
+        assert!(!flow.matches_drift("p2", None, Some("flow:ma15")));
+        assert!(!asset.matches_drift("p1", None, None));
+    }
+
+    #[test]
+    fn drift_events_go_on_their_sensor_panels_with_labels() {
+        let mut panels = vec![
+            Panel::new("p1/flow".into(), Series::default()),
+            Panel::new("p1/temp".into(), Series::default()),
+        ];
+        let events = [
+            stored(Some("p1/temp"), None, "psi", 0.4213),
+            stored(None, Some("flow:ma15"), "ks", 0.5),
+            stored(Some("p1/flow"), None, "mean_shift", -7.0),
+            stored(Some("p1/flow"), None, "variance_shift", 3.0),
+            stored(None, Some("pressure:ma15"), "psi", 1.0),
+        ];
+        let placed = place_drift(&events, &mut panels);
+        let on = |sensor: &str| -> Vec<&str> {
+            placed.iter().filter(|e| e.sensor_id == sensor).map(|e| e.label.as_str()).collect()
+        };
+        // Same time: the strongest first (28 and 12 times its threshold, then 2).
+        assert_eq!(on("p1/flow"), ["mean_shift down", "variance_shift up", "ks 0.50 (flow:ma15)"]);
+        assert_eq!(on("p1/temp"), ["psi 0.42"]);
+        assert_eq!((panels[0].stats.drift, panels[1].stats.drift), (3, 1));
+        assert!(summary_table(&panels).lines().nth(1).unwrap().ends_with(" 3"));
+    }
+
+    #[test]
+    fn close_drift_events_share_a_marker_named_by_the_strongest() {
+        let event = |ts, label: &str, strength| DriftEvent {
+            sensor_id: "p1/flow".into(),
+            ts,
+            label: label.into(),
+            strength,
+        };
+        let events = [
+            event(0, "psi 0.30", 1.2),
+            event(1, "ks 0.90", 3.6),
+            event(2, "mean_shift up", 2.0),
+            event(9, "psi 0.50", 2.0),
+        ];
+        let refs: Vec<&DriftEvent> = events.iter().collect();
+        let markers = drift_markers(&refs, &[100, 103, 105, 106], DRIFT_MERGE_PX);
+        assert_eq!(
+            markers,
+            [
+                DriftMarker { ts: 0, column: 100, count: 3, label: "ks 0.90 and 2 more".into() },
+                DriftMarker { ts: 9, column: 106, count: 1, label: "psi 0.50".into() },
+            ]
+        );
+        // A long burst is cut every few pixels rather than chained into one wide marker.
+        let burst: Vec<DriftEvent> = (0..20).map(|i| event(i, "psi 0.30", 1.2)).collect();
+        let refs: Vec<&DriftEvent> = burst.iter().collect();
+        let columns: Vec<i32> = (0..20).collect();
+        let markers = drift_markers(&refs, &columns, DRIFT_MERGE_PX);
+        assert!(markers.iter().all(|m| m.count <= DRIFT_MERGE_PX as usize), "{markers:?}");
+        assert_eq!(markers.iter().map(|m| m.count).sum::<usize>(), 20);
     }
 }

@@ -116,7 +116,7 @@ impl RunStats {
                 &["reason"],
             ),
         );
-        RunStats {
+        let stats = RunStats {
             model_version: register(
                 r,
                 IntGaugeVec::new(
@@ -312,7 +312,16 @@ impl RunStats {
             workers: register(r, IntGauge::new("millstream_workers", "Worker threads in this process.")),
             processes: register(r, IntGauge::new("millstream_processes", "Processes in the timely cluster.")),
             registry,
+        };
+        // Every statistic and outcome exists from the start (at 0), so `increase()` counts the
+        // first event of each too.
+        for statistic in millstream_events::DriftStatistic::ALL {
+            stats.drift_events.with_label_values(&[statistic.as_str()]);
         }
+        for outcome in millstream_events::ModelVersionStatus::ALL {
+            stats.model_retrains.with_label_values(&[outcome.as_str()]);
+        }
+        stats
     }
 
     pub fn anomaly(&self, detector: &str, severity: Severity) {
@@ -348,11 +357,7 @@ impl RunStats {
 
     /// A retraining outcome: its counter and its log line, together.
     pub fn record_model_version(&self, event: &millstream_events::ModelVersionEvent) {
-        let outcome = match event.status {
-            millstream_events::ModelVersionStatus::Serving => "serving",
-            millstream_events::ModelVersionStatus::Refused => "refused",
-            millstream_events::ModelVersionStatus::RolledBack => "rolled_back",
-        };
+        let outcome = event.status.as_str();
         self.model_retrains.with_label_values(&[outcome]).inc();
         tracing::info!(model = %event.model, version = event.version, parent = ?event.parent_version, outcome,
             reason = %event.reason, "model lineage");

@@ -22,6 +22,14 @@ pub enum DriftStatistic {
 }
 
 impl DriftStatistic {
+    pub const ALL: [DriftStatistic; 5] = [
+        DriftStatistic::Psi,
+        DriftStatistic::Ks,
+        DriftStatistic::Wasserstein,
+        DriftStatistic::MeanShift,
+        DriftStatistic::VarianceShift,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DriftStatistic::Psi => "psi",
@@ -99,6 +107,19 @@ pub enum ModelVersionStatus {
     Refused,
     /// Served, then replaced by its parent again because its anomaly rate exploded.
     RolledBack,
+}
+
+impl ModelVersionStatus {
+    pub const ALL: [ModelVersionStatus; 3] =
+        [ModelVersionStatus::Serving, ModelVersionStatus::Refused, ModelVersionStatus::RolledBack];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelVersionStatus::Serving => "serving",
+            ModelVersionStatus::Refused => "refused",
+            ModelVersionStatus::RolledBack => "rolled_back",
+        }
+    }
 }
 
 /// One step of a model's lineage (the `model_versions` table, `model_versions.jsonl`).

@@ -337,11 +337,7 @@ async fn attempt(
             .await?;
     }
     for m in &batch.model_versions {
-        let status = match m.status {
-            millstream_events::ModelVersionStatus::Serving => "serving",
-            millstream_events::ModelVersionStatus::Refused => "refused",
-            millstream_events::ModelVersionStatus::RolledBack => "rolled_back",
-        };
+        let status = m.status.as_str();
         transaction
             .execute(
                 "INSERT INTO model_versions (model, version, parent_version, status, reason, effective_from, \
