@@ -36,9 +36,12 @@ use crate::kmeans::KMeansConfig;
 
 /// The first bytes of every encoded artifact.
 pub const MAGIC: &[u8; 7] = b"MSMODEL";
-/// The format version [`ModelArtifact::encode`] writes (and the only one `decode` reads today).
-/// Version 2 added `bucket_ms` and `effective_from`; version 1 was never released.
+/// The format version [`ModelArtifact::encode`] writes. `decode` reads it and version 2.
+/// Version 3 added `signals` (per-sensor drift references); version 2 added `bucket_ms` and
+/// `effective_from`; version 1 was never released.
 pub const FORMAT_VERSION: u16 = 3;
+/// The oldest format version `decode` reads.
+pub const OLDEST_FORMAT_VERSION: u16 = 2;
 /// Magic, version, length and checksum.
 pub const HEADER_LEN: usize = 7 + 2 + 4 + 4;
 /// The largest body `decode` accepts (a model with thousands of features is still far below).
@@ -320,7 +323,7 @@ impl ModelArtifact {
             return Err(ModelError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[7], bytes[8]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ModelError::UnsupportedVersion { found: version });
         }
         let declared = u32::from_le_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]);
@@ -335,6 +338,15 @@ impl ModelArtifact {
         if crc32fast::hash(body) != crc {
             return Err(ModelError::Checksum);
         }
+        // Version 2 is version 3 without its last field, `signals`: append it, empty (a varint
+        // length of 0), and read both alike.
+        let upgraded;
+        let body = if version == 2 {
+            upgraded = [body, &[0u8]].concat();
+            &upgraded[..]
+        } else {
+            body
+        };
         let artifact: ModelArtifact =
             bincode_options().deserialize(body).map_err(|e| ModelError::Decode(e.to_string()))?;
         artifact.validate()?;
@@ -498,10 +510,27 @@ mod tests {
         assert_eq!(b.encode().unwrap(), bytes);
     }
 
+    /// A version-2 artifact (no `signals`) still decodes, with no per-sensor references.
+    #[test]
+    fn format_2_artifacts_still_decode() {
+        let v3 = ModelArtifact { signals: Vec::new(), ..sample() };
+        let bytes = v3.encode().unwrap();
+        // The version-2 encoding of the same model: the body without the empty `signals`.
+        let body = &bytes[HEADER_LEN..bytes.len() - 1];
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(MAGIC);
+        v2.extend_from_slice(&2u16.to_le_bytes());
+        v2.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v2.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        v2.extend_from_slice(body);
+        assert_eq!(ModelArtifact::decode(&v2), Ok(v3));
+    }
+
     #[test]
     fn unknown_versions_and_corruption_are_refused() {
         let bytes = sample().encode().unwrap();
         for other in [1u16, FORMAT_VERSION + 1] {
+            assert!(other < OLDEST_FORMAT_VERSION || other > FORMAT_VERSION);
             let mut v = bytes.clone();
             v[7..9].copy_from_slice(&other.to_le_bytes());
             assert_eq!(ModelArtifact::decode(&v), Err(ModelError::UnsupportedVersion { found: other }));
