@@ -249,13 +249,11 @@ impl KafkaSettings {
     /// The sink's topics.
     pub fn sink_topics(&self) -> Result<KafkaSinkTopics, ConfigError> {
         use millstream_connectors::kafka::options::valid_topic;
-        for (key, topic) in
-            [
-                ("notification_topic", &self.notification_topic),
-                ("dead_letter_topic", &self.dead_letter_topic),
-                ("control_topic", &self.control_topic),
-            ]
-        {
+        for (key, topic) in [
+            ("notification_topic", &self.notification_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+            ("control_topic", &self.control_topic),
+        ] {
             if !valid_topic(topic) {
                 return Err(ConfigError::Invalid(format!(
                     "kafka.{key}: `{topic}` is not a valid topic name"

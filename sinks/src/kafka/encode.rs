@@ -32,9 +32,14 @@ pub fn encode(event: &SinkEvent, time: EventTime) -> Option<Outgoing> {
     match event {
         SinkEvent::Anomaly(a) => Some(notification(a, time)),
         SinkEvent::DeadLetter(d) => Some(dead_letter(d, time)),
-        SinkEvent::Drift(d) => {
-            Some(tagged(TopicRole::Notifications, d.asset_id.to_string(), d.as_ref(), &d.event_id, "drift", time))
-        }
+        SinkEvent::Drift(d) => Some(tagged(
+            TopicRole::Notifications,
+            d.asset_id.to_string(),
+            d.as_ref(),
+            &d.event_id,
+            "drift",
+            time,
+        )),
         SinkEvent::ModelVersion(m) => {
             let id = format!("{}@v{}", m.model, m.version);
             Some(tagged(TopicRole::Control, m.model.clone(), m.as_ref(), &id, "model_version", time))
