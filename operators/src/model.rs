@@ -530,7 +530,7 @@ mod tests {
     fn unknown_versions_and_corruption_are_refused() {
         let bytes = sample().encode().unwrap();
         for other in [1u16, FORMAT_VERSION + 1] {
-            assert!(other < OLDEST_FORMAT_VERSION || other > FORMAT_VERSION);
+            assert!(!(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&other));
             let mut v = bytes.clone();
             v[7..9].copy_from_slice(&other.to_le_bytes());
             assert_eq!(ModelArtifact::decode(&v), Err(ModelError::UnsupportedVersion { found: other }));
