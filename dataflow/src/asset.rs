@@ -13,6 +13,12 @@
 //! bucket that straddles `t` (an `effective_from` off a bucket boundary) completes after the
 //! switch and is scored by the new one. Late readings skip the stage's state (as they skip the sensor
 //! detectors) and pass straight through.
+//!
+//! Per reading the stage does one hash lookup, by `sensor_id`: a sensor's slot remembers its
+//! asset (an index, not a key to hash again) and its place in the asset's model plan, and an
+//! asset remembers which model serves it (an index into the models in service). Readings are
+//! kept in the containers they arrived in until their time is complete (no copy into one
+//! buffer per time).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,8 +48,10 @@ struct Served {
 
 /// One asset's rolling state.
 struct AssetState {
-    /// The model serving it, by name (resolved once: the rules are static).
-    model: Option<String>,
+    asset_id: CompactString,
+    /// The model serving it, as an index into the stage's models (resolved once: the rules
+    /// are static).
+    model: Option<usize>,
     /// The version its feature state was built for, and what that state computes.
     version: u64,
     feature_names: Vec<String>,
@@ -61,6 +69,73 @@ struct AssetState {
     deviations: Vec<f64>,
 }
 
+/// What the stage knows of one sensor: the asset it last reported for, and its index among
+/// that asset's model's sensors, as of a generation of the models in service.
+struct SensorSlot {
+    asset_id: CompactString,
+    asset: usize,
+    generation: u64,
+    feature: Option<usize>,
+}
+
+/// The models in service, by index; an asset's index never changes, its version may.
+#[derive(Default)]
+struct Models {
+    index: FxHashMap<String, usize>,
+    served: Vec<Option<Arc<Served>>>,
+    /// Bumped by every version put in service: what a [`SensorSlot`] computed before is stale.
+    generation: u64,
+}
+
+impl Models {
+    fn id(&mut self, name: &str) -> usize {
+        match self.index.get(name) {
+            Some(&id) => id,
+            None => {
+                self.served.push(None);
+                self.index.insert(name.to_owned(), self.served.len() - 1);
+                self.served.len() - 1
+            }
+        }
+    }
+
+    fn get(&self, id: Option<usize>) -> Option<&Served> {
+        id.and_then(|id| self.served[id].as_deref())
+    }
+
+    fn apply(&mut self, update: ModelUpdate) {
+        let served = update.artifact().map_err(|e| e.to_string()).and_then(|artifact| {
+            let plan = FeaturePlan::from_names(&artifact.features).map_err(|e| e.to_string())?;
+            let label = format!("{}@v{}", update.name, update.version);
+            Ok(Served { version: update.version, artifact, plan, label })
+        });
+        match served {
+            Ok(served) => {
+                let id = self.id(&update.name);
+                self.served[id] = Some(Arc::new(served));
+                self.generation += 1;
+            }
+            Err(e) => {
+                tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
+            }
+        }
+    }
+}
+
+/// The stage's state on one worker.
+struct Stage {
+    settings: Arc<ModelsSettings>,
+    context: Arc<RunContext>,
+    epoch_ms: u64,
+    models: Models,
+    assets: Vec<AssetState>,
+    asset_index: FxHashMap<CompactString, usize>,
+    sensors: FxHashMap<CompactString, SensorSlot>,
+    out: Vec<SinkEvent>,
+    /// Events to release, each at its time.
+    emit: Vec<(EventTime, SinkEvent)>,
+}
+
 pub fn score_assets<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
@@ -75,21 +150,28 @@ pub fn score_assets<'scope>(
         _ => 0,
     });
     events.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
-        let epoch_ms = context.config.epoch_ms.max(1);
-        let mut models: FxHashMap<String, Arc<Served>> = FxHashMap::default();
-        let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
-        let mut pending: BTreeMap<EventTime, Vec<SinkEvent>> = BTreeMap::new();
+        let mut stage = Stage {
+            epoch_ms: context.config.epoch_ms.max(1),
+            settings,
+            context,
+            models: Models::default(),
+            assets: Vec::new(),
+            asset_index: FxHashMap::default(),
+            sensors: FxHashMap::default(),
+            out: Vec::new(),
+            emit: Vec::new(),
+        };
+        // The containers received at each time, as they came.
+        let mut pending: BTreeMap<EventTime, Vec<Vec<SinkEvent>>> = BTreeMap::new();
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
-        let mut out: Vec<SinkEvent> = Vec::new();
-        let mut emit: Vec<(EventTime, SinkEvent)> = Vec::new();
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
             readings.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
                 if capability.as_ref().is_none_or(|c| time < *c.time()) {
                     capability = cap.retain_least(0);
                 }
-                pending.entry(time).or_default().append(data);
+                pending.entry(time).or_default().push(std::mem::take(data));
             });
             updates.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
@@ -106,49 +188,14 @@ pub fn score_assets<'scope>(
                     (Some(u), r) if r.is_none_or(|r| u <= r) => {
                         // Every reading before `u` is in: a bucket that ends before `u` is
                         // complete, and is scored by the version it was aligned for.
-                        close_buckets_before(
-                            u,
-                            &mut assets,
-                            &models,
-                            epoch_ms,
-                            &settings,
-                            &context,
-                            &mut out,
-                            &mut emit,
-                        );
+                        stage.close_buckets_before(u);
                         for update in pending_updates.remove(&u).unwrap_or_default() {
-                            apply(&mut models, update);
+                            stage.models.apply(update);
                         }
                     }
                     (_, Some(time)) => {
-                        let mut group = pending.remove(&time).unwrap_or_default();
-                        // By event time only, stably: each sensor's readings come from the one
-                        // worker that owns it, already in event-time order, and readings of
-                        // different sensors add into different sums, so their relative order
-                        // changes nothing.
-                        let ts = |e: &SinkEvent| match e {
-                            SinkEvent::Reading(r) => r.ts,
-                            _ => 0,
-                        };
-                        if !group.is_sorted_by_key(ts) {
-                            group.sort_by_key(ts);
-                        }
-                        for event in group {
-                            let SinkEvent::Reading(reading) = event else {
-                                emit.push((time, event));
-                                continue;
-                            };
-                            admit(
-                                reading,
-                                time,
-                                &mut assets,
-                                &models,
-                                &settings,
-                                &context,
-                                &mut out,
-                                &mut emit,
-                            );
-                        }
+                        let group = pending.remove(&time).unwrap_or_default();
+                        stage.admit_group(group, time);
                     }
                     _ => break,
                 }
@@ -162,21 +209,12 @@ pub fn score_assets<'scope>(
                 .chain(pending.first_key_value().map(|(t, _)| *t))
                 .min()
                 .unwrap_or(EventTime::MAX);
-            close_buckets_before(
-                in_flight,
-                &mut assets,
-                &models,
-                epoch_ms,
-                &settings,
-                &context,
-                &mut out,
-                &mut emit,
-            );
-            if !emit.is_empty() {
+            stage.close_buckets_before(in_flight);
+            if !stage.emit.is_empty() {
                 let cap =
                     capability.as_ref().expect("outputs come from held readings, which hold a capability");
-                emit.sort_by_key(|(t, _)| *t);
-                let mut items = emit.drain(..).peekable();
+                stage.emit.sort_by_key(|(t, _)| *t);
+                let mut items = stage.emit.drain(..).peekable();
                 while let Some((t, first)) = items.next() {
                     let time_cap = cap.delayed(&t);
                     let mut session = output.session(&time_cap);
@@ -191,7 +229,7 @@ pub fn score_assets<'scope>(
                 .first_key_value()
                 .map(|(t, _)| *t)
                 .into_iter()
-                .chain(assets.values().filter_map(|s| s.held_time))
+                .chain(stage.assets.iter().filter_map(|s| s.held_time))
                 .min();
             match (earliest, capability.as_mut()) {
                 (Some(t), Some(cap)) => cap.downgrade(&t),
@@ -206,114 +244,172 @@ fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
     t - t % epoch_ms
 }
 
-/// Closes every asset's open bucket whose last possible timely time is before `limit`.
-#[allow(clippy::too_many_arguments)]
-fn close_buckets_before(
-    limit: EventTime,
-    assets: &mut FxHashMap<CompactString, AssetState>,
-    models: &FxHashMap<String, Arc<Served>>,
-    epoch_ms: u64,
-    settings: &ModelsSettings,
-    context: &RunContext,
-    out: &mut Vec<SinkEvent>,
-    emit: &mut Vec<(EventTime, SinkEvent)>,
-) {
-    for (asset, state) in assets.iter_mut() {
-        let Some(bucket) = state.bucket else { continue };
-        let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
-        if epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), epoch_ms) < limit {
-            close_bucket(asset, state, served, settings, context, out, emit);
-        }
+/// The event time a reading is ordered by within its timely time (other events: 0).
+fn event_ts(e: &SinkEvent) -> EventTime {
+    match e {
+        SinkEvent::Reading(r) => r.ts,
+        _ => 0,
     }
 }
 
-fn apply(models: &mut FxHashMap<String, Arc<Served>>, update: ModelUpdate) {
-    let served = update.artifact().map_err(|e| e.to_string()).and_then(|artifact| {
-        let plan = FeaturePlan::from_names(&artifact.features).map_err(|e| e.to_string())?;
-        let label = format!("{}@v{}", update.name, update.version);
-        Ok(Served { version: update.version, artifact, plan, label })
-    });
-    match served {
-        Ok(served) => {
-            models.insert(update.name, Arc::new(served));
+impl Stage {
+    /// Admits the events of one complete time, by event time only, stably: each sensor's
+    /// readings come from the one worker that owns it, already in event-time order, and
+    /// readings of different sensors add into different sums, so their relative order changes
+    /// nothing.
+    fn admit_group(&mut self, mut group: Vec<Vec<SinkEvent>>, time: EventTime) {
+        // Other events than readings go on as they are: where they lie in the group is no matter.
+        let readings_ts = group.iter().flatten().filter_map(|e| match e {
+            SinkEvent::Reading(r) => Some(r.ts),
+            _ => None,
+        });
+        if !readings_ts.is_sorted() {
+            let mut all: Vec<SinkEvent> = group.into_iter().flatten().collect();
+            all.sort_by_key(event_ts);
+            group = vec![all];
         }
-        Err(e) => {
-            tracing::error!(model = %update.name, version = update.version, error = %e, "model refused")
+        if self.context.emit_readings {
+            for event in group.into_iter().flatten() {
+                match event {
+                    SinkEvent::Reading(reading) => match self.admit(&reading, time) {
+                        Admitted::Held(asset) => self.assets[asset].held.push(reading),
+                        Admitted::Passed => self.emit.push((time, SinkEvent::Reading(reading))),
+                    },
+                    event => self.emit.push((time, event)),
+                }
+            }
+            return;
+        }
+        // Without a sink that wants the readings, a bucket's sums are all that is needed: the
+        // readings are read where they lie, and only the other events are moved on.
+        for events in group {
+            let mut others = false;
+            for event in &events {
+                match event {
+                    SinkEvent::Reading(reading) => {
+                        self.admit(reading, time);
+                    }
+                    _ => others = true,
+                }
+            }
+            if others {
+                let others = events.into_iter().filter(|e| !matches!(e, SinkEvent::Reading(_)));
+                self.emit.extend(others.map(|e| (time, e)));
+            }
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    reading: ReadingRow,
-    time: EventTime,
-    assets: &mut FxHashMap<CompactString, AssetState>,
-    models: &FxHashMap<String, Arc<Served>>,
-    settings: &ModelsSettings,
-    context: &RunContext,
-    out: &mut Vec<SinkEvent>,
-    emit: &mut Vec<(EventTime, SinkEvent)>,
-) {
-    let pass_through = |reading: ReadingRow, emit: &mut Vec<(EventTime, SinkEvent)>| {
-        if context.emit_readings {
-            emit.push((time, SinkEvent::Reading(reading)));
+    /// Closes every asset's open bucket whose last possible timely time is before `limit`.
+    fn close_buckets_before(&mut self, limit: EventTime) {
+        let Stage { settings, context, epoch_ms, models, assets, out, emit, .. } = self;
+        for state in assets.iter_mut() {
+            let Some(bucket) = state.bucket else { continue };
+            let Some(served) = models.get(state.model) else { continue };
+            if epoch(bucket.saturating_add(served.artifact.bucket_ms - 1), *epoch_ms) < limit {
+                close_bucket(state, served, settings, context, out, emit);
+            }
         }
-    };
-    if reading.late {
-        return pass_through(reading, emit);
     }
-    let state = match assets.get_mut(reading.asset_id.as_str()) {
-        Some(state) => state,
-        None => {
-            let model = settings.model_for(&reading.asset_id).map(str::to_owned);
-            assets.entry(reading.asset_id.clone()).or_insert(AssetState::new(model))
+
+    /// The asset a reading is for, and what its sensor's slot holds (generation, feature): one
+    /// lookup by `sensor_id` when the sensor is known and reports for the same asset as before.
+    fn locate(&mut self, reading: &ReadingRow) -> (usize, u64, Option<usize>) {
+        if let Some(slot) = self.sensors.get(reading.sensor_id.as_str()) {
+            if slot.asset_id == reading.asset_id {
+                return (slot.asset, slot.generation, slot.feature);
+            }
         }
-    };
-    let Some(served) = state.model.as_ref().and_then(|m| models.get(m)) else {
-        return pass_through(reading, emit);
-    };
-    if state.version != served.version {
-        // A new version keeps the rolling features when it computes the same ones.
-        let same =
-            state.feature_names == served.artifact.features && state.bucket_ms == served.artifact.bucket_ms;
-        if !same {
-            if state.bucket.is_some() {
-                // The open bucket was aligned for the old model: score it no more.
-                state.bucket = None;
-                for reading in state.held.drain(..) {
-                    if context.emit_readings {
+        let asset = match self.asset_index.get(reading.asset_id.as_str()) {
+            Some(&a) => a,
+            None => {
+                let model = self.settings.model_for(&reading.asset_id).map(|m| self.models.id(m));
+                self.assets.push(AssetState::new(reading.asset_id.clone(), model));
+                self.asset_index.insert(reading.asset_id.clone(), self.assets.len() - 1);
+                self.assets.len() - 1
+            }
+        };
+        let slot =
+            SensorSlot { asset_id: reading.asset_id.clone(), asset, generation: u64::MAX, feature: None };
+        self.sensors.insert(reading.sensor_id.clone(), slot);
+        (asset, u64::MAX, None)
+    }
+
+    /// Adds a reading to its asset's open bucket (closing the one before when it is past).
+    /// Says whether the reading is to be held with the bucket, to leave with its combined
+    /// score, or passes through as it is.
+    fn admit(&mut self, reading: &ReadingRow, time: EventTime) -> Admitted {
+        if reading.late {
+            return Admitted::Passed;
+        }
+        let (asset, generation, feature) = self.locate(reading);
+        let Stage { settings, context, models, assets, sensors, out, emit, .. } = self;
+        let state = &mut assets[asset];
+        let Some(served) = models.get(state.model) else {
+            return Admitted::Passed;
+        };
+        if state.version != served.version {
+            // A new version keeps the rolling features when it computes the same ones.
+            let same = state.feature_names == served.artifact.features
+                && state.bucket_ms == served.artifact.bucket_ms;
+            if !same {
+                if state.bucket.is_some() {
+                    // The open bucket was aligned for the old model: score it no more.
+                    state.bucket = None;
+                    for reading in state.held.drain(..) {
                         emit.push((state.held_time.unwrap_or(time), SinkEvent::Reading(reading)));
                     }
+                    state.held_time = None;
                 }
-                state.held_time = None;
+                state.features = FeatureState::new(&served.plan);
+                state.accumulator = BucketAccumulator::new(served.plan.sensors.len());
+                state.feature_names = served.artifact.features.clone();
+                state.bucket_ms = served.artifact.bucket_ms;
             }
-            state.features = FeatureState::new(&served.plan);
-            state.accumulator = BucketAccumulator::new(served.plan.sensors.len());
-            state.feature_names = served.artifact.features.clone();
-            state.bucket_ms = served.artifact.bucket_ms;
+            state.version = served.version;
         }
-        state.version = served.version;
+        // The open bucket is aligned to this model's width: a reading within it needs no division.
+        let (ts, width) = (reading.ts, served.artifact.bucket_ms);
+        match state.bucket {
+            Some(open) if ts >= open && ts - open < width => {}
+            open => {
+                let bucket = ts - ts % width;
+                if open.is_some_and(|b| b != bucket) {
+                    close_bucket(state, served, settings, context, out, emit);
+                }
+                state.bucket = Some(bucket);
+            }
+        }
+        debug_assert_eq!(state.bucket, Some(ts - ts % width));
+        // The sensor's place in the plan, computed once per generation of the models.
+        let feature = if generation == models.generation {
+            feature
+        } else {
+            let feature = served.plan.sensor_index(sensor_name(&reading.sensor_id));
+            if let Some(slot) = sensors.get_mut(reading.sensor_id.as_str()) {
+                (slot.generation, slot.feature) = (models.generation, feature);
+            }
+            feature
+        };
+        if let Some(sensor) = feature {
+            state.accumulator.add(sensor, reading.value);
+        }
+        state.held_time = Some(state.held_time.map_or(time, |t| t.min(time)));
+        Admitted::Held(asset)
     }
-    let bucket = reading.ts - reading.ts % served.artifact.bucket_ms;
-    if state.bucket.is_some_and(|b| b != bucket) {
-        let asset = reading.asset_id.clone();
-        close_bucket(&asset, state, served, settings, context, out, emit);
-    }
-    state.bucket = Some(bucket);
-    if let Some(sensor) = served.plan.sensor_index(sensor_name(&reading.sensor_id)) {
-        state.accumulator.add(sensor, reading.value);
-    }
-    state.held_time = Some(state.held_time.map_or(time, |t| t.min(time)));
-    // Readings are held only to leave with their combined score; without a sink that wants
-    // them, the bucket's sums are all that is needed.
-    if context.emit_readings {
-        state.held.push(reading);
-    }
+}
+
+/// What becomes of an admitted reading (when the sinks want readings).
+enum Admitted {
+    /// Held with its asset's open bucket (the asset's index).
+    Held(usize),
+    /// Passed on as it is: late, or its asset has no model.
+    Passed,
 }
 
 impl AssetState {
-    fn new(model: Option<String>) -> AssetState {
+    fn new(asset_id: CompactString, model: Option<usize>) -> AssetState {
         AssetState {
+            asset_id,
             model,
             version: 0,
             feature_names: Vec::new(),
@@ -329,11 +425,9 @@ impl AssetState {
         }
     }
 }
-
 /// Scores the open bucket; its episode transition (if any) and its held readings, with their
 /// combined scores, go to `emit` at the bucket's earliest time.
 fn close_bucket(
-    asset: &str,
     state: &mut AssetState,
     served: &Served,
     settings: &ModelsSettings,
@@ -342,6 +436,7 @@ fn close_bucket(
     emit: &mut Vec<(EventTime, SinkEvent)>,
 ) {
     let Some(bucket) = state.bucket.take() else { return };
+    let asset = state.asset_id.as_str();
     let at = state.held_time.take().unwrap_or(bucket);
     let values = state.accumulator.take();
     let mut row = std::mem::take(&mut state.row);

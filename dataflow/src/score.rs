@@ -51,6 +51,9 @@ pub fn sensor_route(sensor_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(sensor_id.as_bytes())
 }
 
+/// Events a container (timely's usual container size: a small allocation).
+const CHUNK: usize = timely::container::buffer::default_capacity::<SinkEvent>();
+
 pub fn score_readings<'scope>(
     accepted: Stream<'scope, EventTime, Vec<Accepted>>,
     context: Arc<RunContext>,
@@ -102,7 +105,7 @@ pub fn score_readings<'scope>(
                     if frontier.less_equal(&time) {
                         break;
                     }
-                    let group = entry.remove();
+                    let mut group = entry.remove();
                     // Deadlines before this time have passed for every sensor of this worker:
                     // announce them before the readings that follow them.
                     fire_deadlines(
@@ -128,9 +131,15 @@ pub fn score_readings<'scope>(
                         order.sort_unstable();
                     }
                     let mut scored = 0;
+                    // With an event a reading, the events go downstream in containers of
+                    // timely's usual size, filled here (not copied into the output's own).
+                    let chunk = if context.readings_leave_sensor_stage() { CHUNK } else { usize::MAX };
+                    if chunk != usize::MAX {
+                        events.reserve(chunk.min(group.len()));
+                    }
                     for &(index, _, _, pos) in &order {
                         let sensor = &mut sensors[index as usize];
-                        let accepted = &group[pos as usize].1;
+                        let accepted = &mut group[pos as usize].1;
                         scored += process(
                             &mut sensor.monitor,
                             accepted,
@@ -140,6 +149,10 @@ pub fn score_readings<'scope>(
                             &mut events,
                             &mut anomalies,
                         );
+                        if events.len() >= chunk {
+                            output.session(&cap.delayed(&time)).give_container(&mut events);
+                            events.reserve(chunk);
+                        }
                         // One deadline entry per sensor at a time: when it comes due and the
                         // sensor spoke since, it moves to the new deadline (see fire_deadlines).
                         if silence_ms > 0 && !sensor.scheduled {
@@ -156,7 +169,7 @@ pub fn score_readings<'scope>(
                     context.stats.readings.inc_by(group.len() as u64);
                     context.stats.scored.inc_by(scored);
                     if !events.is_empty() {
-                        output.session(&cap.delayed(&time)).give_iterator(events.drain(..));
+                        output.session(&cap.delayed(&time)).give_container(&mut events);
                     }
                 }
                 match pending.first_key_value() {
@@ -241,9 +254,11 @@ struct Sensor {
     asset_id: millstream_events::CompactString,
 }
 
+/// Observes one reading. Its identifiers move into the event that carries it on: the
+/// `Accepted` is not read again.
 fn process(
     sensor: &mut SensorMonitor,
-    accepted: &Accepted,
+    accepted: &mut Accepted,
     time: EventTime,
     now: EventTime,
     context: &RunContext,
@@ -267,7 +282,8 @@ fn process(
         Observed::Flagged(flags) => {
             context.stats.flagged.inc();
             if context.readings_leave_sensor_stage() {
-                events.push(reading_event(accepted, 0.0, accepted.late, flags.bits()));
+                let late = accepted.late;
+                events.push(reading_event(accepted, 0.0, late, flags.bits()));
             }
         }
         Observed::LateKept => {
@@ -303,12 +319,13 @@ fn process(
     0
 }
 
-fn reading_event(accepted: &Accepted, score: f64, late: bool, quality: u8) -> SinkEvent {
-    let r = &accepted.reading;
+#[inline]
+fn reading_event(accepted: &mut Accepted, score: f64, late: bool, quality: u8) -> SinkEvent {
+    let r = &mut accepted.reading;
     SinkEvent::Reading(ReadingRow {
-        sensor_id: r.sensor_id.clone(),
-        asset_id: r.asset_id.clone(),
-        unit: r.unit.clone(),
+        sensor_id: std::mem::take(&mut r.sensor_id),
+        asset_id: std::mem::take(&mut r.asset_id),
+        unit: r.unit.take(),
         ts: r.ts,
         value: r.value,
         score,

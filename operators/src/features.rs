@@ -25,8 +25,6 @@
 //! Training ([`FeatureState::push`] over the training data) and the dataflow use this one
 //! implementation.
 
-use std::collections::VecDeque;
-
 /// One feature, parsed from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureDef {
@@ -141,21 +139,61 @@ pub fn sensor_name(sensor_id: &str) -> &str {
 pub struct FeatureState {
     /// The carried-forward value of each sensor.
     last: Vec<Option<f64>>,
-    /// Per def: the last `smoothing` bucket values (only present ones), and their sum.
-    window: Vec<VecDeque<f64>>,
+    /// Per def: the last `smoothing` bucket values (only present ones).
+    window: Vec<Ring>,
     /// Per def with a lag: the last `lag + 1` smoothed values.
-    history: Vec<VecDeque<f64>>,
+    history: Vec<Ring>,
+}
+
+/// The last `capacity` values pushed (all of them when `capacity` is 0), in a fixed buffer:
+/// once full, a push overwrites the oldest.
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    values: Vec<f64>,
+    capacity: usize,
+    /// Where the oldest value is once the buffer is full (0 until then).
+    oldest: usize,
+}
+
+impl Ring {
+    fn with_capacity(capacity: usize) -> Ring {
+        Ring { values: Vec::with_capacity(capacity), capacity, oldest: 0 }
+    }
+
+    fn push(&mut self, value: f64) {
+        if self.values.len() < self.capacity || self.capacity == 0 {
+            self.values.push(value);
+        } else {
+            self.values[self.oldest] = value;
+            self.oldest = if self.oldest + 1 == self.capacity { 0 } else { self.oldest + 1 };
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn oldest(&self) -> Option<f64> {
+        self.values.get(self.oldest).copied()
+    }
+
+    /// The sum from the oldest value to the newest, in that order (so always the same
+    /// rounding for the same values).
+    fn sum(&self) -> f64 {
+        let (newer, older) = self.values.split_at(self.oldest);
+        older.iter().chain(newer).sum()
+    }
 }
 
 impl FeatureState {
     pub fn new(plan: &FeaturePlan) -> FeatureState {
         FeatureState {
             last: vec![None; plan.sensors.len()],
-            window: plan.defs.iter().map(|d| VecDeque::with_capacity(d.smoothing as usize)).collect(),
+            window: plan.defs.iter().map(|d| Ring::with_capacity(d.smoothing as usize)).collect(),
             history: plan
                 .defs
                 .iter()
-                .map(|d| VecDeque::with_capacity(d.lag.map_or(0, |l| l as usize + 1)))
+                .map(|d| Ring::with_capacity(d.lag.map_or(0, |l| l as usize + 1)))
                 .collect(),
         }
     }
@@ -170,27 +208,20 @@ impl FeatureState {
             }
         }
         out.clear();
-        for (i, def) in plan.defs.iter().enumerate() {
-            let Some(value) = self.last[plan.def_sensor[i]] else {
+        let defs = plan.defs.iter().zip(&plan.def_sensor).zip(self.window.iter_mut().zip(&mut self.history));
+        for ((def, &sensor), (window, history)) in defs {
+            let Some(value) = self.last[sensor] else {
                 out.push(f64::NAN);
                 continue;
             };
-            let window = &mut self.window[i];
-            if window.len() == def.smoothing as usize {
-                window.pop_front();
-            }
-            window.push_back(value);
+            window.push(value);
             // Summed afresh: windows are short, and a running sum would drift over months.
-            let smoothed = window.iter().sum::<f64>() / window.len() as f64;
+            let smoothed = window.sum() / window.len() as f64;
             match def.lag {
                 None => out.push(smoothed),
-                Some(lag) => {
-                    let history = &mut self.history[i];
-                    if history.len() == lag as usize + 1 {
-                        history.pop_front();
-                    }
-                    history.push_back(smoothed);
-                    out.push(smoothed - history.front().copied().unwrap_or(smoothed));
+                Some(_) => {
+                    history.push(smoothed);
+                    out.push(smoothed - history.oldest().unwrap_or(smoothed));
                 }
             }
         }
@@ -233,6 +264,8 @@ impl BucketAccumulator {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -297,6 +330,40 @@ mod tests {
                 prop_assert_eq!(out.len(), 3);
                 for (s, &seen) in seen.iter().enumerate() {
                     prop_assert_eq!(out[s].is_finite(), seen);
+                }
+            }
+        }
+
+        /// The windows are sums over a fixed buffer: bit for bit what sums over a queue
+        /// (oldest dropped, newest pushed) give, so trained models and served features agree.
+        #[test]
+        fn windows_sum_like_a_queue_bit_for_bit(
+            buckets in proptest::collection::vec(proptest::collection::vec(proptest::option::of(-1e9f64..1e9), 2), 1..80),
+            ma in 1u32..12, lag in 1u32..12,
+        ) {
+            let names = [format!("A:ma{ma}"), format!("B:ma{ma}:diff{lag}")];
+            let plan = FeaturePlan::from_names(&names).unwrap();
+            let mut state = FeatureState::new(&plan);
+            let (mut last, mut window, mut history) = ([None::<f64>; 2], [VecDeque::new(), VecDeque::new()], VecDeque::new());
+            let mut out = Vec::new();
+            for bucket in &buckets {
+                state.push(&plan, bucket, &mut out);
+                for (s, v) in bucket.iter().enumerate() {
+                    if v.is_some() { last[s] = *v; }
+                }
+                for (s, expected) in out.iter().enumerate() {
+                    let Some(value) = last[s] else { prop_assert!(expected.is_nan()); continue };
+                    if window[s].len() == ma as usize { window[s].pop_front(); }
+                    window[s].push_back(value);
+                    let smoothed = window[s].iter().sum::<f64>() / window[s].len() as f64;
+                    let feature = if s == 0 {
+                        smoothed
+                    } else {
+                        if history.len() == lag as usize + 1 { history.pop_front(); }
+                        history.push_back(smoothed);
+                        smoothed - history[0]
+                    };
+                    prop_assert_eq!(expected.to_bits(), feature.to_bits());
                 }
             }
         }
