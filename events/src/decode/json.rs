@@ -34,6 +34,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Err
 /// Decodes one JSON record.
 pub fn decode_json(line: &[u8]) -> Result<Reading, Rejection> {
     check_size(line)?;
+    if nests_deeper_than(line, MAX_FAST_DEPTH) {
+        return decode_json_with_serde_json(line);
+    }
     match sonic_rs::from_slice::<Wire<'_>>(line) {
         Ok(wire) => wire.into_reading(),
         Err(_) => decode_json_with_serde_json(line),
@@ -48,6 +51,43 @@ pub fn decode_json_with_serde_json(line: &[u8]) -> Result<Reading, Rejection> {
         Ok(wire) => wire.into_reading(),
         Err(err) => Err(classify_parse_error(line, &err)),
     }
+}
+
+/// The deepest nesting handed to sonic-rs. It recurses into nested values without a limit, so a
+/// hostile line of many thousand `[` overflowed the worker's stack; serde_json stops at 128
+/// levels with an error, which becomes a `malformed_json` dead letter.
+const MAX_FAST_DEPTH: usize = 128;
+
+/// Whether `line` nests arrays and objects more than `limit` deep (outside strings). A line no
+/// longer than `limit` cannot, so ordinary records are not scanned at all.
+fn nests_deeper_than(line: &[u8], limit: usize) -> bool {
+    if line.len() <= limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in line {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn check_size(line: &[u8]) -> Result<(), Rejection> {
@@ -154,6 +194,22 @@ fn is_non_finite_word(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn deep_nesting_is_a_dead_letter_not_a_stack_overflow() {
+        for open in [b'[', b'{'] {
+            let mut line = br#"{"sensor_id":"a","ts":1,"value":1,"x":"#.to_vec();
+            line.extend(std::iter::repeat_n(open, 200_000));
+            let rejection = decode_json(&line).unwrap_err();
+            assert_eq!(rejection.reason, Reason::MalformedJson, "{rejection:?}");
+        }
+        // Brackets inside strings do not count; a record nested a little is still read.
+        let quoted = format!(r#"{{"sensor_id":"{}","ts":1,"value":2.5}}"#, "[".repeat(300));
+        assert_eq!(decode_json(quoted.as_bytes()).unwrap().value, 2.5);
+        assert!(!nests_deeper_than(br#"{"a":[[[{"b":"[[[[\"[["}]]]]}"#, 5));
+        assert!(nests_deeper_than(&[b'['; 10], 5));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
