@@ -91,6 +91,8 @@ fn every_table_exists_with_its_primary_key_and_time_indexes() {
     let expected: BTreeMap<String, Vec<String>> = [
         ("anomalies", &["event_id"][..]),
         ("dead_letters", &["dead_letter_id"]),
+        ("drift_events", &["event_id"]),
+        ("model_versions", &["model", "version", "status"]),
         ("operator_checkpoints", &["operator", "worker"]),
         ("readings", &["sensor_id", "ts", "value"]),
         ("readings_1m", &["sensor_id", "minute"]),
