@@ -37,6 +37,7 @@ use timely::dataflow::Stream;
 use crate::models::{ModelUpdate, ModelsSettings};
 use crate::monitor::{episode_event, EpisodeEvent};
 use crate::score::RunContext;
+use crate::stash::epoch;
 
 /// A model version in service.
 struct Served {
@@ -238,10 +239,6 @@ pub fn score_assets<'scope>(
             }
         }
     })
-}
-
-fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
-    t - t % epoch_ms
 }
 
 /// The event time a reading is ordered by within its timely time (other events: 0).

@@ -9,6 +9,11 @@ use timely::dataflow::channels::Message;
 use timely::dataflow::operators::generic::InputHandleCore;
 use timely::dataflow::operators::Capability;
 
+/// The start of the epoch (timely time) that event time `t` falls in.
+pub fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
+    t - t % epoch_ms
+}
+
 /// Records by time, and a capability for the earliest of them (or for an earlier time still
 /// owed downstream, which the stage keeps by downgrading no further).
 pub struct Stash<D> {

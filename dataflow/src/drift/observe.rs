@@ -27,7 +27,7 @@ use timely::dataflow::Stream;
 
 use super::settings::DriftSettings;
 use crate::models::{ModelUpdate, ModelsSettings};
-use crate::stash::{Next, Ordered};
+use crate::stash::{epoch, Next, Ordered};
 
 /// What the observer does: the drift settings, and whether the retrainer wants rows.
 struct Params {
@@ -278,10 +278,6 @@ pub fn observe<'scope>(
     })
 }
 
-fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
-    t - t % epoch_ms
-}
-
 fn close_buckets_before(
     limit: EventTime,
     epoch_ms: u64,
@@ -291,18 +287,14 @@ fn close_buckets_before(
     emit: &mut Vec<(EventTime, Observation)>,
 ) {
     for (asset, state) in assets.iter_mut() {
-        let Some(bucket) = state.bucket else { continue };
         let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
-        if epoch(bucket.saturating_add(state.bucket_ms.max(1) - 1), epoch_ms) < limit {
+        if state.bucket.is_some_and(|b| epoch(b.saturating_add(state.bucket_ms.max(1) - 1), epoch_ms) < limit)
+        {
             close_bucket(asset, state, refs, settings, emit);
         }
-    }
-    // A slide no reading still in flight can add to is complete.
-    for (asset, state) in assets.iter_mut() {
+        // A slide no reading still in flight can add to is complete.
         if state.slide.as_ref().is_some_and(|slide| slide.enter < limit) {
-            if let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) {
-                state.flush_slide(asset, refs, emit);
-            }
+            state.flush_slide(asset, refs, emit);
         }
     }
 }
