@@ -95,7 +95,7 @@ pub fn write_kafka<'scope>(
                     let Some(&time) = cap.least() else { return };
                     let mut added = 0;
                     for event in data.drain(..) {
-                        if let Some(record) = encode(&event, time) {
+                        if let Some(record) = encode(&event, time, writer.max_record_bytes()) {
                             records.insert(next_id, (record, Instant::now(), 0));
                             queue.push_back((next_id, None));
                             next_id += 1;

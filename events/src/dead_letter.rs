@@ -38,11 +38,14 @@ pub enum Reason {
     FutureTimestamp,
     /// `unit` differs from the unit the sensor's registry rules expect.
     UnitMismatch,
+    /// `sensor_id`, `asset_id` or `unit` is longer than `MAX_FIELD_BYTES` (1 KiB): such a key
+    /// would not fit a PostgreSQL index entry or a Kafka record with its headers.
+    FieldTooLong,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `ALL[r as usize] == r` (metrics index by it).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::MalformedJson,
         Reason::MalformedCsv,
         Reason::MissingField,
@@ -57,6 +60,7 @@ impl Reason {
         Reason::RateOfChange,
         Reason::FutureTimestamp,
         Reason::UnitMismatch,
+        Reason::FieldTooLong,
     ];
 
     /// The snake_case name used in files, headers and metric labels.
@@ -76,6 +80,7 @@ impl Reason {
             Reason::RateOfChange => "rate_of_change",
             Reason::FutureTimestamp => "future_timestamp",
             Reason::UnitMismatch => "unit_mismatch",
+            Reason::FieldTooLong => "field_too_long",
         }
     }
 }

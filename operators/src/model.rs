@@ -149,6 +149,27 @@ impl QuantileSketch {
         QuantileSketch { count: sorted.len() as u64, levels, values }
     }
 
+    /// Whether [`Self::quantile`] and [`Self::cdf`] can trust it: as many levels as values, both
+    /// non-decreasing, levels in `[0, 1]`, and every value finite unless the sketch is empty
+    /// (`count` 0, whose quantiles are NaN by construction). A decoded artifact is checked, so
+    /// a hostile one cannot make `cdf` index out of bounds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.levels.len() != self.values.len() {
+            return Err(format!("has {} levels and {} values", self.levels.len(), self.values.len()));
+        }
+        if !self.levels.iter().all(|l| (0.0..=1.0).contains(l)) {
+            return Err("has a level outside [0, 1]".into());
+        }
+        if self.count > 0 && !self.values.iter().all(|v| v.is_finite()) {
+            return Err("has a value that is not finite".into());
+        }
+        let values_sorted = self.count == 0 || self.values.windows(2).all(|w| w[0] <= w[1]);
+        if !self.levels.windows(2).all(|w| w[0] <= w[1]) || !values_sorted {
+            return Err("is not non-decreasing".into());
+        }
+        Ok(())
+    }
+
     /// The interpolated quantile at level `q` in `[0, 1]` (clamped); NaN for an empty sketch.
     pub fn quantile(&self, q: f64) -> f64 {
         let n = self.values.len();
@@ -374,26 +395,13 @@ impl ModelArtifact {
             }
         }
         for (name, sketch) in self.features.iter().zip(&self.reference) {
-            if sketch.levels.len() != sketch.values.len() {
-                return bad(format!(
-                    "feature {name}: sketch has {} levels, {} values",
-                    sketch.levels.len(),
-                    sketch.values.len()
-                ));
-            }
-            if !sketch.levels.windows(2).all(|w| w[0] <= w[1])
-                || !sketch.values.windows(2).all(|w| w[0] <= w[1])
-            {
-                return bad(format!("feature {name}: sketch is not non-decreasing"));
+            if let Err(what) = sketch.check() {
+                return bad(format!("feature {name}: reference sketch {what}"));
             }
         }
         for signal in &self.signals {
-            let sketch = &signal.sketch;
-            if sketch.levels.len() != sketch.values.len()
-                || !sketch.values.windows(2).all(|w| w[0] <= w[1])
-                || !sketch.values.iter().all(|v| v.is_finite() || sketch.count == 0)
-            {
-                return bad(format!("sensor {}: reference sketch is malformed", signal.sensor));
+            if let Err(what) = signal.sketch.check() {
+                return bad(format!("sensor {}: reference sketch {what}", signal.sensor));
             }
         }
         let k = self.centroids.len();
@@ -564,6 +572,33 @@ mod tests {
         let mut a = sample();
         a.calibration.reference = f64::NAN;
         assert!(matches!(ModelArtifact::decode(&a.encode().unwrap()), Err(ModelError::Invalid(_))));
+    }
+
+    /// Found by fuzzing: a one-point sketch holding NaN passed the monotonicity check, and
+    /// `cdf` then computed index −1. Every malformed sketch is now refused at decode.
+    #[test]
+    fn malformed_reference_sketches_are_refused() {
+        let one = |levels: Vec<f64>, values: Vec<f64>| QuantileSketch { count: 5, levels, values };
+        let malformed = [
+            one(vec![0.0], vec![f64::NAN]),
+            one(vec![f64::NAN], vec![1.0]),
+            one(vec![0.0, 2.0], vec![1.0, 2.0]),
+            one(vec![0.0, 1.0], vec![1.0, f64::INFINITY]),
+            one(vec![0.0, 1.0], vec![2.0, 1.0]),
+            one(vec![0.0, 1.0], vec![1.0]),
+        ];
+        for sketch in malformed {
+            assert!(sketch.check().is_err(), "{sketch:?}");
+            let mut a = sample();
+            a.reference[0] = sketch.clone();
+            assert!(matches!(ModelArtifact::decode(&a.encode().unwrap()), Err(ModelError::Invalid(_))));
+            let mut a = sample();
+            a.signals[0].sketch = sketch;
+            assert!(matches!(ModelArtifact::decode(&a.encode().unwrap()), Err(ModelError::Invalid(_))));
+        }
+        // An empty sketch (no finite training value) is valid: its quantiles are NaN by design.
+        assert!(QuantileSketch::from_values(&[f64::NAN], 9).check().is_ok());
+        assert!(one(vec![0.0], vec![3.0]).cdf(3.0) == 1.0);
     }
 
     #[test]

@@ -149,7 +149,11 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        // The end of a partition is not an error: it arrives here as `Global(PartitionEOF)`
+        // when librdkafka reports it through the error callback, and used to log a warning.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
             return;
         }
         tracing::warn!(worker_id = self.worker, %error, reason, "kafka client error");

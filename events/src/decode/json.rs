@@ -34,7 +34,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Err
 /// Decodes one JSON record.
 pub fn decode_json(line: &[u8]) -> Result<Reading, Rejection> {
     check_size(line)?;
-    if nests_deeper_than(line, MAX_FAST_DEPTH) {
+    if needs_strict_parse(line) {
         return decode_json_with_serde_json(line);
     }
     match sonic_rs::from_slice::<Wire<'_>>(line) {
@@ -47,9 +47,33 @@ pub fn decode_json(line: &[u8]) -> Result<Reading, Rejection> {
 /// decoder benchmark compares against.
 pub fn decode_json_with_serde_json(line: &[u8]) -> Result<Reading, Rejection> {
     check_size(line)?;
+    if trim_start(line).first() == Some(&b'[') {
+        return Err(array_rejection(line));
+    }
     match serde_json::from_slice::<Wire<'_>>(line) {
         Ok(wire) => wire.into_reading(),
         Err(err) => Err(classify_parse_error(line, &err)),
+    }
+}
+
+/// Whether a line must skip sonic-rs for serde_json, which checks what sonic-rs lets through:
+/// - an array, which serde's derived visitor would read as the fields in order (`["a",0,1]`);
+/// - an escape (`\\`) anywhere: sonic-rs skips unknown fields without checking their escapes, so
+///   it accepted `"x":"\\u0h00"`, which is not JSON. Escapes are rare in sensor records, and
+///   finding none is one `memchr` over the line;
+/// - nesting deeper than [`MAX_FAST_DEPTH`].
+fn needs_strict_parse(line: &[u8]) -> bool {
+    trim_start(line).first() == Some(&b'[')
+        || line.contains(&b'\\')
+        || nests_deeper_than(line, MAX_FAST_DEPTH)
+}
+
+/// A record that is a JSON array: `wrong_type` when the array is well-formed JSON, otherwise the
+/// parse error's reason.
+fn array_rejection(line: &[u8]) -> Rejection {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+        Ok(_) => Rejection::new(Reason::WrongType, "record must be a JSON object, got an array"),
+        Err(err) => classify_parse_error(line, &err),
     }
 }
 
@@ -246,6 +270,24 @@ mod tests {
         assert_eq!(decode_json_with_serde_json(line).unwrap().value, 3.532005302591674e-269);
     }
 
+    /// Found by fuzzing: sonic-rs skipped these in fields it ignores, serde_json refuses them.
+    #[test]
+    fn both_parsers_refuse_what_is_not_json_in_ignored_fields() {
+        let lines: [&[u8]; 3] = [
+            br#"{"sensor_id":"a","ts":0,"value":1,"x":"\u0#e9\n"}"#,
+            br#"{"sensor_id":"a\u0000b","tor_id":"a\u0h000b","ts":0,"valus":0,"value":1}"#,
+            b"{\"sensor_id\":\"a\",\"ts\":0,\"value\":1,\"x\":\"\t\"}",
+        ];
+        for line in lines {
+            let (fast, slow) = (decode_json(line), decode_json_with_serde_json(line));
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(line));
+            assert!(fast.is_err(), "{}", String::from_utf8_lossy(line));
+        }
+        // Invalid UTF-8 inside an ignored field: neither parser looks into it, and they agree.
+        let line = b"{\"sensor_id\":\"a\",\"ts\":0,\"value\":1,\"x\":\"\xff\"}";
+        assert_eq!(decode_json(line), decode_json_with_serde_json(line));
+    }
+
     #[test]
     fn escaped_strings_decode() {
         let r = decode_json(br#"{"sensor_id":"a\/b\u00e9","ts":0,"value":-0.5}"#).unwrap();
@@ -266,6 +308,14 @@ mod tests {
         assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":null}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1,"unit":5}"#), Reason::WrongType);
         assert_eq!(reason(r#"[1,2,3]"#), Reason::WrongType);
+        assert_eq!(reason(r#" ["a",0,1]"#), Reason::WrongType);
+        assert_eq!(reason(r#"["a",0,1"#), Reason::MalformedJson);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1,"x":"\u0h00"}"#), Reason::MalformedJson);
+        assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1,"x":"\q"}"#), Reason::MalformedJson);
+        assert_eq!(
+            reason("{\"sensor_id\":\"a\",\"ts\":0,\"value\":1,\"x\":\"\u{1}\"}"),
+            Reason::MalformedJson
+        );
         assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":NaN}"#), Reason::NonFinite);
         assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":-Infinity}"#), Reason::NonFinite);
         assert_eq!(reason(r#"{"sensor_id":"a","ts":0,"value":1e999}"#), Reason::NonFinite);
@@ -275,6 +325,18 @@ mod tests {
         assert_eq!(reason(r#"{"sensor_id":"a","ts":1.5,"value":1}"#), Reason::BadTimestamp);
         assert_eq!(reason(r#"{"sensor_id":"","ts":0,"value":1}"#), Reason::EmptySensorId);
         assert_eq!(reason(r#"{"sensor_id":"  ","ts":0,"value":1}"#), Reason::EmptySensorId);
+        let long = "é".repeat(super::super::MAX_FIELD_BYTES / 2 + 1);
+        assert_eq!(reason(&format!(r#"{{"sensor_id":"{long}","ts":0,"value":1}}"#)), Reason::FieldTooLong);
+        assert_eq!(
+            reason(&format!(r#"{{"sensor_id":"a","asset_id":"{long}","ts":0,"value":1}}"#)),
+            Reason::FieldTooLong
+        );
+        assert_eq!(
+            reason(&format!(r#"{{"sensor_id":"a","ts":0,"value":1,"unit":"{long}"}}"#)),
+            Reason::FieldTooLong
+        );
+        let at_limit = "x".repeat(super::super::MAX_FIELD_BYTES);
+        assert!(decode_json(format!(r#"{{"sensor_id":"{at_limit}","ts":0,"value":1}}"#).as_bytes()).is_ok());
         let huge = format!(r#"{{"sensor_id":"{}","ts":0,"value":1}}"#, "x".repeat(MAX_RECORD_BYTES));
         assert_eq!(reason(&huge), Reason::TooLarge);
     }

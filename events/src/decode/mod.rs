@@ -15,6 +15,11 @@ use crate::{Reading, Reason, Rejection};
 /// Records larger than this are refused with [`Reason::TooLarge`] before parsing.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// The longest `sensor_id`, `asset_id` or `unit`, in bytes. Longer ones are refused as
+/// `field_too_long`: a sensor key must fit a PostgreSQL btree index entry (at most 2 704 bytes)
+/// and, with the record, a Kafka message; real tag names are far shorter.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
 /// Builds a reading from already-typed parts, applying the contract's checks that do not
 /// depend on the wire format: a non-empty sensor id and a finite value.
 pub(crate) fn build_reading(
@@ -29,6 +34,14 @@ pub(crate) fn build_reading(
     }
     if !value.is_finite() {
         return Err(Rejection::new(Reason::NonFinite, format!("value {value} is not finite")));
+    }
+    for (name, field) in [("sensor_id", Some(sensor_id)), ("asset_id", asset_id), ("unit", unit)] {
+        if let Some(field) = field.filter(|f| f.len() > MAX_FIELD_BYTES) {
+            return Err(Rejection::new(
+                Reason::FieldTooLong,
+                format!("{name} is {} bytes, the limit is {MAX_FIELD_BYTES}", field.len()),
+            ));
+        }
     }
     let asset_id = match asset_id {
         Some(a) if !a.is_empty() => a,

@@ -4,5 +4,5 @@
 pub mod encode;
 pub mod producer;
 
-pub use encode::{encode, Outgoing, TopicRole};
+pub use encode::{encode, Outgoing, TopicRole, DEFAULT_MAX_RECORD_BYTES};
 pub use producer::{ensure_topics, Delivery, KafkaSinkTopics, KafkaWriter, SendError};

@@ -109,6 +109,8 @@ impl ProducerContext for DeliveryContext {
 pub struct KafkaWriter {
     producer: ThreadedProducer<DeliveryContext>,
     topics: KafkaSinkTopics,
+    /// The producer's `message.max.bytes`.
+    max_record_bytes: usize,
 }
 
 impl KafkaWriter {
@@ -135,12 +137,21 @@ impl KafkaWriter {
             brokers_down: AtomicBool::new(false),
             on_connection: Box::new(on_connection),
         };
+        let max_record_bytes = config
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(super::DEFAULT_MAX_RECORD_BYTES);
         let producer = config.create_with_context(context)?;
-        Ok(KafkaWriter { producer, topics })
+        Ok(KafkaWriter { producer, topics, max_record_bytes })
     }
 
     pub fn topics(&self) -> &KafkaSinkTopics {
         &self.topics
+    }
+
+    /// The largest record the producer sends (its `message.max.bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// Queues `record`; its delivery comes back from [`Self::take_deliveries`] with `id`.
