@@ -127,12 +127,17 @@ pub struct ClusterArgs {
     /// One host:port a line, for each process in index order.
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// Seconds to wait for every cluster peer at start-up before exiting with code 75 (0: forever).
+    #[arg(long, value_name = "SECS", default_value_t = millstream::cluster::DEFAULT_STARTUP_TIMEOUT.as_secs())]
+    startup_timeout: u64,
 }
 
 impl ClusterArgs {
     fn into_options(self, default_workers: usize) -> ClusterOptions {
-        let ClusterArgs { workers, processes, process, hostfile } = self;
-        ClusterOptions { workers: workers.unwrap_or(default_workers), processes, process, hostfile }
+        let ClusterArgs { workers, processes, process, hostfile, startup_timeout } = self;
+        let startup_timeout = (startup_timeout > 0).then(|| std::time::Duration::from_secs(startup_timeout));
+        let workers = workers.unwrap_or(default_workers);
+        ClusterOptions { workers, processes, process, hostfile, startup_timeout }
     }
 }
 
@@ -177,7 +182,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
             eprintln!("millstream: error: {}", chain.join(": "));
-            ExitCode::FAILURE
+            ExitCode::from(millstream::cluster::exit_code(&error))
         }
     }
 }

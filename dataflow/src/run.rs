@@ -23,17 +23,25 @@ pub struct ClusterOptions {
     pub process: usize,
     /// One `host:port` a line, for every process, in index order.
     pub hostfile: Option<PathBuf>,
+    /// How long to wait for every peer to connect at start-up (`None`: forever).
+    pub startup_timeout: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { workers: 1, processes: 1, process: 0, hostfile: None }
+        ClusterOptions {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            startup_timeout: Some(crate::cluster::DEFAULT_STARTUP_TIMEOUT),
+        }
     }
 }
 
 impl ClusterOptions {
     pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
-        let ClusterOptions { workers, processes, process, hostfile } = self;
+        let ClusterOptions { workers, processes, process, hostfile, startup_timeout: _ } = self;
         if *workers == 0 {
             bail!("--workers must be at least 1");
         }
@@ -173,7 +181,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let threads = cluster.workers.max(1);
     let stats_for_workers = Arc::clone(&stats);
-    let guards = timely::execute(timely_config, move |worker| {
+    let guards = crate::cluster::execute(timely_config, cluster.startup_timeout, move |worker| {
         let crate::graph::Built { probe, kafka } = worker
             .dataflow::<u64, _, _>(|scope| crate::graph::build(scope, &opened, &sinks, Arc::clone(&context)));
         // One worker of each process reports how far its sinks are complete.
@@ -190,8 +198,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
                 crate::fatal(&format!("kafka source: {e}"));
             }
         }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
+    })?;
     for result in guards.join() {
         result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
     }
