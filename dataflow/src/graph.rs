@@ -39,7 +39,7 @@ pub fn build<'scope>(
     let probe = ProbeHandle::new();
     let mut kafka = None;
     let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
-        OpenedSource::File(input) => file_source(scope, Arc::clone(input), time),
+        OpenedSource::File(input) => file_source(scope, Arc::clone(input), time, context.workers_per_process),
         OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),
         OpenedSource::Kafka(input) => {
             let (stream, handle) = kafka_source(scope, Arc::clone(input), time, probe.clone())

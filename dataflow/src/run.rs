@@ -175,6 +175,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         postgres,
         kafka_sink,
         emit_readings,
+        workers_per_process: cluster.workers.max(1),
         models,
         model_feed: std::sync::Mutex::new(model_feed),
     });

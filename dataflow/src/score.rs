@@ -31,6 +31,8 @@ pub struct RunContext {
     /// Emit an event for every accepted reading (for `scores.jsonl` or the `readings` table);
     /// without it only anomalies and dead letters leave the stage.
     pub emit_readings: bool,
+    /// Workers in each process of the cluster (the file source shares chunks among them).
+    pub workers_per_process: usize,
     /// The per-asset models, when a store is configured.
     pub models: Option<Arc<crate::models::ModelsSettings>>,
     /// The watcher's feed of model versions: taken by the worker that emits model updates

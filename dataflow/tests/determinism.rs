@@ -1,5 +1,5 @@
-//! The same input gives byte-identical outputs at 1 worker, 2 workers, and 2 processes × 1
-//! worker (a timely cluster over loopback TCP).
+//! The same input gives byte-identical outputs at 1, 2 and 3 workers, and 2 processes × 1 or 2
+//! workers (a timely cluster over loopback TCP).
 
 mod common;
 
@@ -25,8 +25,8 @@ fn run_single(source: &str, out: &Path, workers: usize) {
     run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-fn run_cluster(source: &str, out: &Path, dir: &Path) {
-    let hostfile = dir.join("hosts.txt");
+fn run_cluster(source: &str, out: &Path, dir: &Path, workers: usize) {
+    let hostfile = dir.join(format!("hosts-{workers}.txt"));
     std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
     let children: Vec<_> = (0..2)
         .map(|process| {
@@ -40,7 +40,7 @@ fn run_cluster(source: &str, out: &Path, dir: &Path) {
             ]
             .map(str::to_owned);
             millstream()
-                .args(run_args(source, out, 1, &cluster))
+                .args(run_args(source, out, workers, &cluster))
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("millstream starts")
@@ -70,10 +70,14 @@ fn file_source_outputs_are_identical_for_any_cluster_shape() {
     let source = format!("file:{}", input.path.display());
     let one = dir.path().join("w1");
     let two = dir.path().join("w2");
+    let three = dir.path().join("w3");
     let cluster = dir.path().join("p2");
+    let cluster_of_two = dir.path().join("p2w2");
     run_single(&source, &one, 1);
     run_single(&source, &two, 2);
-    run_cluster(&source, &cluster, dir.path());
+    run_single(&source, &three, 3);
+    run_cluster(&source, &cluster, dir.path(), 1);
+    run_cluster(&source, &cluster_of_two, dir.path(), 2);
 
     // The runs did real work: anomalies, each kind of dead letter, late readings.
     let anomalies = read_json(&one.join("anomalies.jsonl"));
@@ -86,7 +90,9 @@ fn file_source_outputs_are_identical_for_any_cluster_shape() {
     assert_eq!(dead.len(), input.duplicates + input.invalid);
 
     assert_same_outputs(&one, &two, "1 worker vs 2 workers");
+    assert_same_outputs(&one, &three, "1 worker vs 3 workers");
     assert_same_outputs(&one, &cluster, "1 worker vs 2 processes");
+    assert_same_outputs(&one, &cluster_of_two, "1 worker vs 2 processes × 2 workers");
 }
 
 #[test]

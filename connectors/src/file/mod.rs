@@ -1,9 +1,13 @@
 //! The `file:PATH` source: JSON lines, or CSV with a header.
 //!
 //! The file is memory-mapped and cut into chunks of about [`CHUNK_BYTES`] at line boundaries.
-//! Chunk `c` belongs to global worker `c % peers`, so every worker of every process reads its
+//! Chunk `c` belongs to the process of global worker `c % peers`, so every process reads its
 //! share, and the workers advance through the file side by side (the frontier moves steadily
-//! instead of waiting for one worker to finish a contiguous half).
+//! instead of waiting for one worker to finish a contiguous half). Within a process, a worker
+//! decodes whichever of the process's chunks is next when it is ready for one
+//! ([`FileInput::claim_chunk`]): readings are exchanged by sensor, and sensors never split
+//! evenly over workers, so the worker with fewer sensors decodes more of the file instead of
+//! waiting for the other. Which worker decodes a chunk changes nothing in the output.
 //!
 //! Lateness and line numbers are defined by file order, as if one reader read the whole file:
 //! a reading is late when it is older than the largest earlier timestamp in the file less the
@@ -15,6 +19,7 @@ mod source;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::Mmap;
@@ -55,6 +60,8 @@ pub struct FileInput {
     format: Format,
     /// Byte offset where each chunk starts; chunk `i` ends where chunk `i + 1` starts.
     chunk_starts: Vec<usize>,
+    /// How many of this process's chunks its workers have claimed so far.
+    claimed: AtomicU64,
 }
 
 impl std::fmt::Debug for FileInput {
@@ -64,6 +71,29 @@ impl std::fmt::Debug for FileInput {
             .field("format", &self.format)
             .field("chunks", &self.chunk_starts.len())
             .finish()
+    }
+}
+
+/// Which chunks a process owns: with `workers` workers in each process, process `p` (global
+/// workers `p·workers .. (p+1)·workers`) owns chunk `c` when `c % peers` falls in that range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLayout {
+    pub process: u64,
+    pub workers: u64,
+    pub peers: u64,
+}
+
+impl ChunkLayout {
+    /// The layout of global worker `index` of `peers`, in processes of `workers` workers each.
+    /// `workers` of 0 or not dividing `peers` counts each worker as its own process.
+    pub fn of_worker(index: u64, peers: u64, workers: u64) -> ChunkLayout {
+        let workers = if workers > 0 && peers % workers == 0 { workers } else { 1 };
+        ChunkLayout { process: index / workers, workers, peers: peers.max(1) }
+    }
+
+    /// The `k`-th chunk of this process, counting from 0.
+    pub fn chunk(&self, k: u64) -> u64 {
+        (k / self.workers) * self.peers + self.process * self.workers + k % self.workers
     }
 }
 
@@ -113,6 +143,7 @@ impl FileInput {
             map,
             format,
             chunk_starts,
+            claimed: AtomicU64::new(0),
         }))
     }
 
@@ -126,6 +157,19 @@ impl FileInput {
 
     pub fn chunk_count(&self) -> u64 {
         self.chunk_starts.len() as u64
+    }
+
+    /// The chunk the next [`Self::claim_chunk`] of `layout`'s process would return (another
+    /// worker of the process may take it first).
+    pub fn next_chunk(&self, layout: ChunkLayout) -> u64 {
+        layout.chunk(self.claimed.load(Ordering::Relaxed))
+    }
+
+    /// Claims the next chunk of `layout`'s process for the calling worker. Chunks are claimed in
+    /// increasing order; one at or past [`Self::chunk_count`] means the process's share is done.
+    /// An `Arc<FileInput>` serves one run: its claims are not reset.
+    pub fn claim_chunk(&self, layout: ChunkLayout) -> u64 {
+        layout.chunk(self.claimed.fetch_add(1, Ordering::Relaxed))
     }
 
     fn bytes(&self) -> &[u8] {
@@ -281,6 +325,26 @@ mod tests {
         let path = dir.join(name);
         std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
         path
+    }
+
+    #[test]
+    fn chunk_layouts_split_every_chunk_between_processes_exactly_once() {
+        for (peers, workers) in [(1, 1), (2, 2), (2, 1), (4, 2), (6, 3), (6, 1), (3, 0), (4, 3)] {
+            let mut seen = std::collections::BTreeMap::new();
+            for index in 0..peers {
+                let layout = ChunkLayout::of_worker(index, peers, workers);
+                if index % layout.workers != 0 {
+                    continue; // one claim sequence per process
+                }
+                let chunks: Vec<u64> = (0..40).map(|k| layout.chunk(k)).collect();
+                assert!(chunks.windows(2).all(|w| w[0] < w[1]), "increasing: {chunks:?}");
+                for c in chunks {
+                    assert_eq!(seen.insert(c, layout.process), None, "chunk {c} claimed twice");
+                }
+            }
+            let covered = (0..40).all(|c| seen.contains_key(&c));
+            assert!(covered, "peers {peers}, workers {workers}: {seen:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
 
-use super::{ChunkRecord, ChunkSummary, FileInput};
+use super::{ChunkLayout, ChunkRecord, ChunkSummary, FileInput};
 
 /// Output of the decode stage: a worker's decoded chunk, or the summary every worker needs.
 #[derive(Debug, Clone)]
@@ -26,18 +26,22 @@ enum Decoded {
 
 /// Reads `input` on every worker and returns its records, each stamped with a deterministic
 /// event time: an on-time reading at its own `ts`, a late reading or a dead letter at the
-/// file-order watermark where it was read.
+/// file-order watermark where it was read. `workers_per_process` tells which workers share a
+/// process, and so which chunks they may take from one another.
 pub fn file_source<'scope>(
     scope: Scope<'scope, EventTime>,
     input: Arc<FileInput>,
     time: TimeModel,
+    workers_per_process: usize,
 ) -> Stream<'scope, EventTime, Vec<Ingested>> {
     // Chunk buffers go from the decode stage to the classify stage of the same worker and
     // back: a chunk's records are a large allocation, and reusing it avoids the page faults
     // of fresh memory for every chunk.
     let pool = BufferPool::default();
     let flow = FlowControl::default();
-    let decoded = decode_stage(scope, Arc::clone(&input), time, pool.clone(), flow.clone());
+    let layout =
+        ChunkLayout::of_worker(scope.index() as u64, scope.peers() as u64, workers_per_process as u64);
+    let decoded = decode_stage(scope, Arc::clone(&input), time, layout, pool.clone(), flow.clone());
     let (summaries, batches) = decoded.ok_err::<Vec<_>, _, Vec<_>, _, _>(|d| match d {
         Decoded::Summary(s) => Ok(s),
         Decoded::Batch { chunk, records } => Err((chunk, records)),
@@ -83,27 +87,32 @@ fn decode_stage<'scope>(
     scope: Scope<'scope, EventTime>,
     input: Arc<FileInput>,
     time: TimeModel,
+    layout: ChunkLayout,
     pool: BufferPool,
     flow: FlowControl,
 ) -> Stream<'scope, EventTime, Vec<Decoded>> {
-    let (index, peers) = (scope.index() as u64, scope.peers() as u64);
+    let peers = layout.peers;
     source(scope, "FileDecode", move |capability, info| {
         let activator = scope.activator_for(info.address);
         *flow.decoder.borrow_mut() = Some(activator.clone());
         let mut capability = Some(capability);
-        let mut next_chunk = index;
         let mut csv = input.csv_header();
         // Largest timestamp in this worker's chunks so far: a lower bound for the file-order
         // watermark of every later chunk, so it is safe to hold time back only this far.
         let mut local = time.watermark();
         move |output| {
             let Some(cap) = capability.as_mut() else { return };
-            if next_chunk >= input.chunk_count() {
+            if input.next_chunk(layout) >= input.chunk_count() {
                 capability = None;
                 return;
             }
-            if next_chunk >= flow.folded.get() + AHEAD * peers {
+            if input.next_chunk(layout) >= flow.folded.get() + AHEAD * peers {
                 return; // the classify stage wakes us when the others catch up
+            }
+            let next_chunk = input.claim_chunk(layout);
+            if next_chunk >= input.chunk_count() {
+                capability = None; // another worker of this process took the last one
+                return;
             }
             let cutoff = time
                 .max_future_ms
@@ -118,7 +127,6 @@ fn decode_stage<'scope>(
                 local.observe(max);
             }
             cap.downgrade(&time.epoch(local.time()));
-            next_chunk += peers;
             activator.activate();
         }
     })
