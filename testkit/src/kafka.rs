@@ -17,13 +17,45 @@
 //! `$CARGO_HOME/bin`, `~/.cargo/bin` or on `PATH`. Install it with
 //! `cargo install tansu --locked --features dynostore,libsql` (about 15 to 19 minutes).
 //!
+//! # TLS and SASL
+//!
+//! [`TestKafka::builder`] starts a broker that wants TLS ([`TestKafkaBuilder::tls`]), SASL/SCRAM
+//! ([`TestKafkaBuilder::scram_user`]), or both; the helpers of this module then use them too.
+//!
+//! - **SASL** is tansu's own: `tansu broker --authentication` accepts `SCRAM-SHA-256` and
+//!   `SCRAM-SHA-512` (checked against credentials in its storage), and refuses `PLAIN`
+//!   (tansu-auth 0.6.0 builds rsasl with only the `scram-sha-2` and `oauthbearer` mechanisms;
+//!   librdkafka sees `NoSharedMechanism`). Users are provisioned with
+//!   `tansu user create --broker tcp://… NAME PASSWORD --mechanism scram256|scram512`, an
+//!   AlterUserScramCredentials request; a broker with `--authentication` refuses it from an
+//!   unauthenticated client (and the `tansu` CLI cannot authenticate), so users are created
+//!   on a first start without `--authentication`, kept in the `sqlite://` storage, and the
+//!   broker is then started again with it. A failed authentication closes the connection
+//!   (there is no SaslAuthenticate error response): clients see a disconnect in state
+//!   `AUTH_HANDSHAKE`/`AUTH_REQ`.
+//! - **TLS** is *not* something tansu 0.6.0 can do, although `tansu broker --help` lists
+//!   `--cert` and `--key`: (1) `tansu-cli-0.6.0/src/cli/broker.rs:98,102` puts both in the clap
+//!   group `tls`, so giving both fails (`the argument '--cert <CERT>' cannot be used with
+//!   '--key <KEY>'`), while (2) line 265-267 builds the rustls config only when both are given
+//!   (and drops a loading error with `.ok()`); and (3) even then
+//!   `tansu-broker-0.6.0/src/broker.rs:268` builds the acceptor as `let _acceptor = …` and
+//!   never uses it: every connection is served as plain TCP. The listener URL scheme is not
+//!   looked at (only its host and port). Unchanged on tansu's main branch (now `nisshi-*`,
+//!   2026). So for TLS the broker listens on a second, private loopback port and a small TLS
+//!   terminator (Python's `ssl` and `asyncio`, a script written to the data directory and run
+//!   with `python3`, or `PYTHON`) listens on [`TestKafka::port`] with a server certificate for
+//!   `localhost` and `127.0.0.1` signed by a throwaway CA ([`TestKafka::ca_certificate`]);
+//!   the broker advertises the terminator's port, so every connection a client makes goes
+//!   through TLS. Certificates are made with the `openssl` program.
+//!
 //! [tansu]: https://github.com/tansu-io/tansu
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,15 +77,136 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The broker's log, in its data directory.
 const LOG_FILE: &str = "tansu.log";
+/// The TLS terminator's log, in the data directory.
+const TLS_LOG_FILE: &str = "tls-proxy.log";
+/// The SCRAM user the helpers of a SASL broker authenticate as.
+const TESTKIT_USER: &str = "millstream-testkit";
+const TESTKIT_PASSWORD: &str = "millstream-testkit-secret";
+
+/// A TLS terminator: accepts TLS on `argv[1]` (certificate `argv[3]`, key `argv[4]`) and
+/// forwards the bytes to the broker on `127.0.0.1:argv[2]`. Exits when its stdin closes (when
+/// the test process ends, even by a crash).
+const TLS_PROXY: &str = r#"
+import asyncio, ssl, sys
+
+listen_port, broker_port, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+
+async def pipe(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except Exception:
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+async def handle(client_reader, client_writer):
+    try:
+        broker_reader, broker_writer = await asyncio.open_connection("127.0.0.1", broker_port)
+    except OSError as error:
+        print(f"cannot reach the broker: {error}", flush=True)
+        client_writer.close()
+        return
+    await asyncio.gather(pipe(client_reader, broker_writer), pipe(broker_reader, client_writer))
+
+async def main():
+    server = await asyncio.start_server(
+        handle, "127.0.0.1", listen_port, ssl=context, ssl_handshake_timeout=10, reuse_address=True
+    )
+    print(f"tls proxy on 127.0.0.1:{listen_port} -> 127.0.0.1:{broker_port}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.buffer.read)
+    server.close()
+
+asyncio.run(main())
+"#;
 
 /// A tansu broker for tests, on `127.0.0.1:PORT`, killed on drop.
 pub struct TestKafka {
     /// The data directory (the broker's working directory): `broker.db` and [`LOG_FILE`].
     dir: tempfile::TempDir,
+    /// The port clients connect to (and the broker advertises).
     port: u16,
+    /// The broker's own listener: [`TestKafka::port`], or a private port behind TLS.
+    broker_port: u16,
     bin: PathBuf,
     /// The running broker; `None` after [`TestKafka::stop`].
     child: Mutex<Option<Child>>,
+    tls: Option<Tls>,
+    /// Whether the broker requires SASL (`--authentication`).
+    sasl: bool,
+}
+
+/// The TLS side of a [`TestKafka`]: the certificates and the terminator in front of the broker.
+struct Tls {
+    ca: PathBuf,
+    certificate: PathBuf,
+    key: PathBuf,
+    python: PathBuf,
+    /// The terminator and its stdin (closing it ends the terminator).
+    proxy: Mutex<Option<(Child, ChildStdin)>>,
+}
+
+/// A SCRAM mechanism a [`TestKafka`] user is provisioned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scram {
+    Sha256,
+    Sha512,
+}
+
+impl Scram {
+    /// The name librdkafka's `sasl.mechanism` and millstream's `kafka.sasl.mechanism` use.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "SCRAM-SHA-256",
+            Scram::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// The name `tansu user create --mechanism` uses.
+    fn tansu_name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "scram256",
+            Scram::Sha512 => "scram512",
+        }
+    }
+}
+
+/// A broker that wants TLS, SASL, or both: from [`TestKafka::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct TestKafkaBuilder {
+    tls: bool,
+    users: Vec<(String, String, Scram)>,
+}
+
+impl TestKafkaBuilder {
+    /// Clients must connect with TLS (`security.protocol=ssl`, or `sasl_ssl` with SASL),
+    /// trusting [`TestKafka::ca_certificate`].
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Clients must authenticate with SASL/SCRAM (the broker runs with `--authentication`);
+    /// `name` may, with `password` and `mechanism` (only that one). Repeatable.
+    pub fn scram_user(mut self, name: &str, password: &str, mechanism: Scram) -> Self {
+        self.users.push((name.to_owned(), password.to_owned(), mechanism));
+        self
+    }
+
+    /// Starts the broker (as [`TestKafka::start`] does), with its users and TLS.
+    pub fn start(self) -> Result<TestKafka> {
+        TestKafka::start_with(self)
+    }
 }
 
 /// A record read back by [`TestKafka::consume_all`].
@@ -83,23 +236,110 @@ impl TestKafka {
     /// 30 s) until it accepts connections and answers a metadata request. Fails with a clear
     /// error when the `tansu` program is missing.
     pub fn start() -> Result<Self> {
+        Self::start_with(TestKafkaBuilder::default())
+    }
+
+    /// Starts a broker that wants TLS; see [`TestKafka::ca_certificate`] for the root to trust.
+    pub fn start_tls() -> Result<Self> {
+        Self::builder().tls().start()
+    }
+
+    /// A broker with TLS or SASL (see the [module documentation](self) for how each is done).
+    pub fn builder() -> TestKafkaBuilder {
+        TestKafkaBuilder::default()
+    }
+
+    fn start_with(options: TestKafkaBuilder) -> Result<Self> {
         let bin = find_tansu()?;
         let dir = tempfile::Builder::new()
             .prefix("millstream-kafka-")
             .tempdir()
             .context("cannot create a temporary directory for the broker")?;
-        let mut kafka = TestKafka { dir, port: 0, bin, child: Mutex::new(None) };
+        let tls = if options.tls {
+            let python = crate::process::find_program(
+                "python3",
+                "PYTHON",
+                "Python 3 (the TLS terminator in front of tansu, which cannot do TLS itself)",
+                "your system's package manager (`apt-get install python3`)",
+            )?;
+            let (ca, certificate, key) = make_certificates(dir.path())?;
+            std::fs::write(dir.path().join("tls_proxy.py"), TLS_PROXY)?;
+            Some(Tls { ca, certificate, key, python, proxy: Mutex::new(None) })
+        } else {
+            None
+        };
+        let sasl = !options.users.is_empty();
+        let mut kafka = TestKafka { dir, port: 0, broker_port: 0, bin, child: Mutex::new(None), tls, sasl };
         // A free port is only free until someone takes it: retry on a clash.
         let mut last_error = None;
         for _ in 0..5 {
             kafka.port = free_port()?;
-            match kafka.launch() {
+            kafka.broker_port = kafka.port;
+            if kafka.tls.is_some() {
+                while kafka.broker_port == kafka.port {
+                    kafka.broker_port = free_port()?;
+                }
+            }
+            // Each attempt reads its own log for a clash.
+            let _ = std::fs::remove_file(kafka.log_path());
+            let _ = std::fs::remove_file(kafka.dir.path().join(TLS_LOG_FILE));
+            match kafka.first_launch(&options.users) {
                 Ok(()) => return Ok(kafka),
-                Err(e) if kafka.log().contains("in use") => last_error = Some(e),
+                Err(e) if kafka.port_clash() => {
+                    kafka.stop();
+                    kafka.stop_proxy();
+                    last_error = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow!("no free port")))
+    }
+
+    /// Provisions the SCRAM users (when there are any), starts the TLS terminator (with TLS),
+    /// and starts the broker.
+    fn first_launch(&self, users: &[(String, String, Scram)]) -> Result<()> {
+        if !users.is_empty() {
+            self.provision(users)?;
+        }
+        if self.tls.is_some() {
+            self.start_proxy()?;
+        }
+        self.launch()
+    }
+
+    /// Creates the SCRAM users, and the helpers' own, on a broker started for the purpose
+    /// without `--authentication` (which would refuse the request), then stops it: the users
+    /// stay in its storage.
+    fn provision(&self, users: &[(String, String, Scram)]) -> Result<()> {
+        let listener = format!("tcp://127.0.0.1:{}", self.broker_port);
+        self.spawn_broker(&listener, false)?;
+        let mut plain = ClientConfig::new();
+        plain
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.broker_port))
+            .set("broker.address.family", "v4");
+        self.wait_ready(self.broker_port, &plain).map_err(|e| self.launch_failed(e))?;
+        let own = (TESTKIT_USER.to_owned(), TESTKIT_PASSWORD.to_owned(), Scram::Sha512);
+        for (name, password, mechanism) in users.iter().chain(std::iter::once(&own)) {
+            let out = Command::new(&self.bin)
+                .args(["user", "create", "--broker", &listener, name, password])
+                .args(["--mechanism", mechanism.tansu_name()])
+                .current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run {} user create", self.bin.display()))?;
+            if !out.status.success() {
+                self.stop();
+                bail!(
+                    "tansu user create {name} failed ({}): {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        self.stop();
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -120,6 +360,17 @@ impl TestKafka {
     /// The broker's data directory (its working directory).
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// With TLS: the (PEM) root that signed the server certificate, for `ssl.ca.location` or
+    /// millstream's `kafka.tls.ca`. The certificate names `localhost` and `127.0.0.1`.
+    pub fn ca_certificate(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
+    }
+
+    /// Whether clients must authenticate with SASL/SCRAM.
+    pub fn requires_sasl(&self) -> bool {
+        self.sasl
     }
 
     /// Creates `name` with `partitions` partitions (replication 1) and waits until the broker's
@@ -166,12 +417,24 @@ impl TestKafka {
     }
 
     /// Kills the broker (SIGKILL): a crash, for fault tests. Its data stays for
-    /// [`TestKafka::restart`]. Does nothing when it is not running.
+    /// [`TestKafka::restart`]. Does nothing when it is not running. With TLS the terminator
+    /// stays up (as a load balancer would) and closes each connection it cannot forward.
     pub fn stop(&self) {
         let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(mut process) = child.take() {
             let _ = process.kill();
             let _ = process.wait();
+        }
+    }
+
+    fn stop_proxy(&self) {
+        if let Some(tls) = &self.tls {
+            let mut proxy = tls.proxy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((mut process, stdin)) = proxy.take() {
+                drop(stdin);
+                let _ = process.kill();
+                let _ = process.wait();
+            }
         }
     }
 
@@ -200,7 +463,16 @@ impl TestKafka {
 
     /// The broker's log so far (stdout and stderr of every start).
     pub fn log(&self) -> String {
-        std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        read_lossy(&self.log_path())
+    }
+
+    /// With TLS: the terminator's log (its handshake failures, among others); else empty.
+    pub fn tls_log(&self) -> String {
+        read_lossy(&self.dir.path().join(TLS_LOG_FILE))
+    }
+
+    fn port_clash(&self) -> bool {
+        self.log().contains("in use") || self.tls_log().contains("in use")
     }
 
     /// Produces `records` (key, value) to `topic`, partitioned by key, with `acks=all`, and
@@ -359,10 +631,27 @@ impl TestKafka {
     }
 
     /// A client configuration for this broker (`bootstrap.servers` set), for tests that need
-    /// their own producer or consumer.
+    /// their own producer or consumer. With TLS it trusts [`TestKafka::ca_certificate`]; with
+    /// SASL it authenticates as the helpers' own SCRAM-SHA-512 user.
     pub fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.bootstrap()).set("broker.address.family", "v4");
+        let protocol = match (self.tls.is_some(), self.sasl) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if let Some(tls) = &self.tls {
+            config.set("ssl.ca.location", tls.ca.display().to_string());
+        }
+        if self.sasl {
+            config
+                .set("sasl.mechanism", Scram::Sha512.mechanism())
+                .set("sasl.username", TESTKIT_USER)
+                .set("sasl.password", TESTKIT_PASSWORD);
+        }
         config
     }
 
@@ -372,39 +661,45 @@ impl TestKafka {
 
     /// A consumer that commits nothing; in `group` (for committed offsets) or a private one.
     fn consumer(&self, group: Option<&str>) -> Result<BaseConsumer> {
-        static PRIVATE: AtomicU64 = AtomicU64::new(0);
-        let group = match group {
-            Some(g) => g.to_owned(),
-            None => format!(
-                "millstream-testkit-{}-{}",
-                std::process::id(),
-                PRIVATE.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
-        let mut config = self.config();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        config.create().context("cannot create a Kafka consumer")
+        consumer_with(self.config(), group)
     }
 
-    /// Spawns the broker and waits until it answers; on failure the broker is killed and the
+    /// Spawns the broker (with `--authentication` when it wants SASL, advertising
+    /// [`TestKafka::port`]) and waits until it answers; on failure the broker is killed and the
     /// error carries the end of its log.
     fn launch(&self) -> Result<()> {
+        self.spawn_broker(&format!("tcp://127.0.0.1:{}", self.port), self.sasl)?;
+        self.wait_ready(self.port, &self.config()).map_err(|e| self.launch_failed(e))
+    }
+
+    fn launch_failed(&self, e: anyhow::Error) -> anyhow::Error {
+        self.stop();
+        let mut message =
+            format!("tansu did not start on port {}; log:\n{}", self.port, log_tail(&self.log(), 15));
+        if self.tls.is_some() {
+            message.push_str(&format!("\nTLS terminator log:\n{}", log_tail(&self.tls_log(), 10)));
+        }
+        e.context(message)
+    }
+
+    /// Spawns tansu listening on [`TestKafka::broker_port`] and advertising `advertised`.
+    fn spawn_broker(&self, advertised: &str, authentication: bool) -> Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("cannot open {}", self.log_path().display()))?;
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.bin)
+        let listener = format!("tcp://127.0.0.1:{}", self.broker_port);
+        let mut command = Command::new(&self.bin);
+        command
             .arg("broker")
-            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--listener-url", &listener, "--advertised-listener-url", advertised])
             // tansu 0.6 reads the path after sqlite:// relative to its working directory.
-            .args(["--storage-engine", "sqlite://broker.db"])
+            .args(["--storage-engine", "sqlite://broker.db"]);
+        if authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -412,15 +707,52 @@ impl TestKafka {
             .spawn()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
         *self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(child);
-        self.wait_ready().map_err(|e| {
-            self.stop();
-            let log = self.log();
-            e.context(format!("tansu did not start on port {}; log:\n{}", self.port, log_tail(&log, 15)))
-        })
+        Ok(())
     }
 
-    fn wait_ready(&self) -> Result<()> {
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+    /// Starts the TLS terminator on [`TestKafka::port`], in front of the broker's port.
+    fn start_proxy(&self) -> Result<()> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        let path = self.dir.path().join(TLS_LOG_FILE);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut child = Command::new(&tls.python)
+            .arg("-u")
+            .arg(self.dir.path().join("tls_proxy.py"))
+            .arg(self.port.to_string())
+            .arg(self.broker_port.to_string())
+            .arg(&tls.certificate)
+            .arg(&tls.key)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", tls.python.display()))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        *tls.proxy.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((child, stdin));
+        // Listening: it prints a line once it is.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.tls_log().contains("tls proxy on") {
+            let exited = {
+                let mut proxy = tls.proxy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                !matches!(proxy.as_mut().map(|(c, _)| c.try_wait()), Some(Ok(None)))
+            };
+            if exited || Instant::now() >= deadline {
+                let log = self.tls_log();
+                self.stop_proxy();
+                bail!("the TLS terminator did not start on port {}; log:\n{}", self.port, log_tail(&log, 15));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&self, port: u16, config: &ClientConfig) -> Result<()> {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer yet");
         loop {
@@ -428,7 +760,7 @@ impl TestKafka {
                 bail!("the broker exited");
             }
             if TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok() {
-                match self.consumer(None).and_then(|c| {
+                match consumer_with(config.clone(), None).and_then(|c| {
                     let metadata = c.fetch_metadata(None, Duration::from_secs(2))?;
                     if metadata.brokers().is_empty() {
                         bail!("metadata lists no broker");
@@ -440,7 +772,7 @@ impl TestKafka {
                 }
             }
             if Instant::now() >= deadline {
-                bail!("no metadata from 127.0.0.1:{} within {READY_TIMEOUT:?} ({last})", self.port);
+                bail!("no metadata from 127.0.0.1:{port} within {READY_TIMEOUT:?} ({last})");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -450,6 +782,7 @@ impl TestKafka {
 impl Drop for TestKafka {
     fn drop(&mut self) {
         self.stop();
+        self.stop_proxy();
     }
 }
 
@@ -457,6 +790,104 @@ impl std::fmt::Debug for TestKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TestKafka(127.0.0.1:{}, {})", self.port, self.dir.path().display())
     }
+}
+
+/// A consumer with `config` that commits nothing; in `group` (for committed offsets) or a
+/// private one.
+fn consumer_with(mut config: ClientConfig, group: Option<&str>) -> Result<BaseConsumer> {
+    static PRIVATE: AtomicU64 = AtomicU64::new(0);
+    let group = match group {
+        Some(g) => g.to_owned(),
+        None => {
+            format!("millstream-testkit-{}-{}", std::process::id(), PRIVATE.fetch_add(1, Ordering::Relaxed))
+        }
+    };
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    config.create().context("cannot create a Kafka consumer")
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// A throwaway CA and a server certificate it signs for `localhost` and `127.0.0.1`, in
+/// `dir/tls/`: (CA certificate, server certificate, server key), PEM.
+fn make_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    let path = |name: &str| tls.join(name).into_os_string();
+    let (ca_key, ca, csr, ext, certificate, key) = (
+        path("ca.key"),
+        path("ca.crt"),
+        path("server.csr"),
+        path("server.ext"),
+        path("server.crt"),
+        path("server.key"),
+    );
+    std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+    let openssl = |args: &[&OsStr]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run openssl to make test certificates")?;
+        if !out.status.success() {
+            bail!("openssl {:?} failed: {}", args.first(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    };
+    let os = OsStr::new;
+    // A test CA, and a server certificate it signs (a CA as the end entity is refused).
+    openssl(&[
+        os("req"),
+        os("-x509"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-days"),
+        os("2"),
+        os("-subj"),
+        os("/CN=millstream test Kafka CA"),
+        os("-keyout"),
+        &ca_key,
+        os("-out"),
+        &ca,
+    ])?;
+    openssl(&[
+        os("req"),
+        os("-newkey"),
+        os("rsa:2048"),
+        os("-nodes"),
+        os("-subj"),
+        os("/CN=localhost"),
+        os("-keyout"),
+        &key,
+        os("-out"),
+        &csr,
+    ])?;
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        &csr,
+        os("-CA"),
+        &ca,
+        os("-CAkey"),
+        &ca_key,
+        os("-CAcreateserial"),
+        os("-days"),
+        os("2"),
+        os("-extfile"),
+        &ext,
+        os("-out"),
+        &certificate,
+    ])?;
+    Ok((ca.into(), certificate.into(), key.into()))
 }
 
 /// Counts deliveries and keeps failures, so a produce call can tell that all arrived.
@@ -610,6 +1041,40 @@ mod tests {
         let error = kafka.produce("missing", &[(None, b"x".to_vec())]).unwrap_err();
         assert!(format!("{error:#}").contains("UnknownTopicOrPartition"), "{error:#}");
         assert!(kafka.committed_offsets("nobody", "t4")?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn kafka_with_tls_and_scram_serves_its_own_helpers_and_refuses_plaintext() -> Result<()> {
+        let kafka = TestKafka::builder().tls().scram_user("alice", "alice-secret", Scram::Sha256).start()?;
+        assert!(kafka.requires_sasl());
+        let ca = kafka.ca_certificate().expect("a TLS broker has a CA").to_owned();
+        kafka.create_topic("secure", 2)?;
+        kafka.produce("secure", &[(Some(b"k".to_vec()), b"v".to_vec())])?;
+        assert_eq!(kafka.consume_all("secure")?.len(), 1);
+
+        // A provisioned user, over TLS, with its mechanism.
+        let metadata_with = |config: &mut ClientConfig| -> Result<usize> {
+            config.set("socket.timeout.ms", "3000");
+            let consumer = consumer_with(config.clone(), None)?;
+            Ok(consumer.fetch_metadata(Some("secure"), Duration::from_secs(3))?.topics().len())
+        };
+        let mut alice = kafka.config();
+        alice.set("sasl.mechanism", "SCRAM-SHA-256").set("sasl.username", "alice");
+        alice.set("sasl.password", "alice-secret");
+        assert_eq!(metadata_with(&mut alice)?, 1);
+        alice.set("sasl.password", "wrong");
+        assert!(metadata_with(&mut alice).is_err(), "a wrong password is refused");
+        // Plaintext against the TLS port, and TLS without SASL, are refused.
+        let mut plain = ClientConfig::new();
+        plain.set("bootstrap.servers", kafka.bootstrap()).set("broker.address.family", "v4");
+        assert!(metadata_with(&mut plain).is_err());
+        plain.set("security.protocol", "ssl").set("ssl.ca.location", ca.display().to_string());
+        assert!(metadata_with(&mut plain).is_err());
+
+        // A crash and restart keeps users and TLS.
+        kafka.restart()?;
+        assert_eq!(kafka.consume_all("secure")?.len(), 1);
         Ok(())
     }
 
