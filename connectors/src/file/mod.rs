@@ -87,7 +87,7 @@ impl ChunkLayout {
     /// The layout of global worker `index` of `peers`, in processes of `workers` workers each.
     /// `workers` of 0 or not dividing `peers` counts each worker as its own process.
     pub fn of_worker(index: u64, peers: u64, workers: u64) -> ChunkLayout {
-        let workers = if workers > 0 && peers % workers == 0 { workers } else { 1 };
+        let workers = if workers > 0 && peers.is_multiple_of(workers) { workers } else { 1 };
         ChunkLayout { process: index / workers, workers, peers: peers.max(1) }
     }
 

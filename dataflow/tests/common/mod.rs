@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: run the real binary, build inputs, read outputs.
 #![allow(dead_code)]
 
+pub mod drill;
 pub mod models;
 
 use std::path::{Path, PathBuf};
