@@ -3,6 +3,7 @@
 //! sink has the results of the records before them (ARCHITECTURE.md §2).
 
 pub mod committer;
+pub use millstream_kafka::diagnostics;
 pub mod discovery;
 pub mod offsets;
 pub mod options;

@@ -14,6 +14,7 @@ use millstream_events::time::now_ms;
 use millstream_events::{
     Accepted, DeadLetter, EventTime, Ingested, Origin, RawRef, SourceLocation, TimeModel, Watermark,
 };
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -25,6 +26,7 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 
 use super::committer::Committer;
+use super::diagnostics::{self, ConnectionLog, Throttle};
 use super::discovery::{self, Discovery, Found};
 use super::offsets::OffsetLedger;
 use super::options::{KafkaSourceOptions, StartFrom};
@@ -108,18 +110,29 @@ impl KafkaSourceHandle {
     }
 }
 
-/// Per-consumer callbacks: wake the operator, record commit outcomes, report broker health.
+/// Per-consumer callbacks: wake the operator, record commit outcomes, report broker health,
+/// and keep librdkafka's reasons for failing connections.
 struct SourceContext {
     wake: Mutex<Option<SyncActivator>>,
     observer: Arc<dyn KafkaSourceObserver>,
     worker: usize,
     /// The brokers were reported unreachable and nothing has worked since.
     down: std::sync::atomic::AtomicBool,
+    /// Broker failures, from librdkafka's `FAIL` log lines and error events: the latest
+    /// reason, and refusals (TLS, SASL, the wrong `security.protocol`) that end the run.
+    connection: ConnectionLog,
+    /// Holds back warnings identical to recent ones.
+    throttle: Throttle,
+    /// The level librdkafka's log lines are forwarded from (the client asks librdkafka for
+    /// `Info` at least, to see every broker failure).
+    log_level: RDKafkaLogLevel,
 }
 
 impl SourceContext {
-    /// Something worked: if the brokers were down, they are back.
+    /// Something worked: refusals so far were one-offs, and if the brokers were down, they
+    /// are back.
     fn reachable(&self) {
+        self.connection.worked();
         if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
             tracing::info!(worker_id = self.worker, "kafka brokers reachable again");
             self.observer.connection(true, "");
@@ -128,7 +141,23 @@ impl SourceContext {
 
     fn unreachable(&self, why: &str) {
         if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            self.observer.connection(false, why);
+            self.observer.connection(false, &self.with_last_failure(why));
+        }
+    }
+
+    /// `why`, with the latest broker failure librdkafka reported, if any.
+    fn with_last_failure(&self, why: &str) -> String {
+        match self.connection.last_failure() {
+            Some(last) if !why.contains(&last) => format!("{why} (last broker failure: {last})"),
+            _ => why.to_owned(),
+        }
+    }
+
+    /// Ends the run once the brokers kept refusing this client (a TLS, SASL or protocol
+    /// mismatch): retrying cannot help, and the reason is what the user needs.
+    fn end_if_refused(&self) {
+        if let Some(verdict) = self.connection.verdict() {
+            fatal(&format!("kafka source: {verdict}"));
         }
     }
 
@@ -148,20 +177,47 @@ impl ClientContext for SourceContext {
         }
     }
 
+    /// Every broker failure comes as a `FAIL` line (the error events carry only the worst),
+    /// and is recorded; lines are forwarded to `tracing` from the configured level up, an
+    /// identical one at most every ten seconds.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            self.connection.failure(None, diagnostics::strip_thread(log_message));
+        }
+        if diagnostics::at_least(level, self.log_level) {
+            diagnostics::forward_log(&self.throttle, level, fac, log_message);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is not an error: it arrives here as `Global(PartitionEOF)`
         // when librdkafka reports it through the error callback, and used to log a warning.
+        let code = error.rdkafka_error_code();
         if matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+            || code == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         {
             return;
         }
-        tracing::warn!(worker_id = self.worker, %error, reason, "kafka client error");
-        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+        // Only refusals: other broker failures came as `FAIL` lines already, and "all brokers
+        // down" is not one (it must not break a run of refusals).
+        if diagnostics::Refusal::classify(code, reason).is_some() {
+            self.connection.failure(code, reason);
+        }
+        if let Some(repeats) = self.throttle.admit(&format!("{error}: {reason}")) {
+            tracing::warn!(worker_id = self.worker, %error, reason, repeats, "kafka client error");
+        }
+        if matches!(code, Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
             self.unreachable(reason);
         }
         self.wake();
     }
+}
+
+/// Stops the process with a one-line reason, as the binary does for other fatal faults: the
+/// source cannot continue, and the run must not look like it is merely waiting.
+fn fatal(message: &str) -> ! {
+    eprintln!("millstream: fatal: {message}");
+    std::process::exit(1);
 }
 
 /// Commits are made synchronously by the committer thread, so there is no callback to serve.
@@ -310,11 +366,20 @@ pub fn kafka_source<'scope>(
     if config.get("fetch.wait.max.ms").is_none() {
         config.set("fetch.wait.max.ms", "100");
     }
+    // librdkafka reports a disconnect (a plaintext client at a TLS listener, say) at `Info`:
+    // ask for that much, and forward only what was configured.
+    let log_level = config.log_level;
+    if !diagnostics::at_least(RDKafkaLogLevel::Info, log_level) {
+        config.set_log_level(RDKafkaLogLevel::Info);
+    }
     let context = SourceContext {
         wake: Mutex::new(None),
         observer: Arc::clone(&input.observer),
         worker,
         down: std::sync::atomic::AtomicBool::new(false),
+        connection: ConnectionLog::default(),
+        throttle: Throttle::default(),
+        log_level,
     };
     let consumer: Arc<BaseConsumer<SourceContext>> = Arc::new(config.create_with_context(context)?);
     let shared: Rc<RefCell<Option<Reader>>> = Rc::new(RefCell::new(None));
@@ -371,14 +436,25 @@ pub fn kafka_source<'scope>(
                         reader.consumer.context().reachable();
                     }
                     Discovery::Failed(why) => {
-                        tracing::warn!(worker_id = worker, why, "kafka discovery failed; retrying");
-                        reader.consumer.context().unreachable(&why);
+                        let context = reader.consumer.context();
+                        let why = context.with_last_failure(&why);
+                        if let Some(repeats) = context.throttle.admit(&why) {
+                            tracing::warn!(
+                                worker_id = worker,
+                                why,
+                                repeats,
+                                "kafka discovery failed; retrying"
+                            );
+                        }
+                        context.unreachable(&why);
                     }
                 }
             }
             // Messages that reached the consumer's queue before their partition's own queue
-            // existed come first: they are older than anything in the partition queue.
+            // existed come first: they are older than anything in the partition queue. (This
+            // also serves librdkafka's log lines and error events.)
             drain_main_queue(reader, &time, *cap.time(), &mut stamped);
+            reader.consumer.context().end_if_refused();
             if changed {
                 if let Err(e) = reader.reassign(&wake) {
                     tracing::error!(worker_id = worker, error = %e, "cannot assign partitions; retrying");

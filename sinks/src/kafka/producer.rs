@@ -3,15 +3,21 @@
 //! a retry, never a loss.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 
+use super::diagnostics::{self, ConnectionLog, Refusal, Throttle};
 use super::encode::{Outgoing, TopicRole};
+
+/// How long the sink waits for the brokers at start-up, unless they refuse it sooner.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The topics the sink writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub struct DeliveryContext {
     wake: Wake,
     brokers_down: AtomicBool,
     on_connection: OnConnection,
+    /// Holds back warnings identical to recent ones.
+    throttle: Throttle,
 }
 
 impl DeliveryContext {
@@ -78,8 +86,15 @@ impl ClientContext for DeliveryContext {
         }
     }
 
+    /// Forwarded to `tracing`, an identical line at most every ten seconds.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        diagnostics::forward_log(&self.throttle, level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka producer error");
+        if let Some(repeats) = self.throttle.admit(&format!("{error}: {reason}")) {
+            tracing::warn!(%error, reason, repeats, "kafka producer error");
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
             && !self.brokers_down.swap(true, Ordering::Relaxed)
         {
@@ -136,6 +151,7 @@ impl KafkaWriter {
             wake: Box::new(wake),
             brokers_down: AtomicBool::new(false),
             on_connection: Box::new(on_connection),
+            throttle: Throttle::default(),
         };
         let max_record_bytes = config
             .get("message.max.bytes")
@@ -193,32 +209,122 @@ impl KafkaWriter {
     }
 }
 
-/// Creates the topics that do not exist yet, with `partitions` partitions each. Brokers that
-/// create topics on first use, or topics made by an operator beforehand, are both fine.
-pub fn ensure_topics(client: &ClientConfig, names: &[&str], partitions: i32) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
-    // Only the missing ones: some brokers (and librdkafka's mock cluster) do not implement
-    // CreateTopics at all, and topics made beforehand need no permission to create.
+/// The client that reads the topics' metadata at start-up. librdkafka gives the reasons for a
+/// failing connection (`certificate verify failed`, a SASL failure, the wrong
+/// `security.protocol`) only as log lines and error events on the client's main queue, which
+/// nothing polls for an admin client: this is a producer whose own thread polls it, so the
+/// reasons reach this context.
+struct StartupContext {
+    connection: ConnectionLog,
+    throttle: Throttle,
+    /// The level librdkafka's log lines are forwarded from (the client asks for `Info`).
+    log_level: RDKafkaLogLevel,
+}
+
+impl ClientContext for StartupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            self.connection.failure(None, diagnostics::strip_thread(log_message));
+        }
+        if diagnostics::at_least(level, self.log_level) {
+            diagnostics::forward_log(&self.throttle, level, fac, log_message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if Refusal::classify(code, reason).is_some() {
+            self.connection.failure(code, reason);
+        }
+        if let Some(repeats) = self.throttle.admit(&format!("{error}: {reason}")) {
+            tracing::warn!(%error, reason, repeats, "kafka sink: client error while reading topic metadata");
+        }
+    }
+}
+
+/// Sends nothing.
+impl ProducerContext for StartupContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// Which of `names` have no partitions yet. An error says why, with librdkafka's latest reason.
+fn missing_topics(
+    producer: &ThreadedProducer<StartupContext>,
+    names: &[String],
+) -> Result<Vec<String>, String> {
     let mut missing = Vec::new();
     for name in names {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(30))
-            .map_err(|e| format!("cannot read metadata of topic {name}: {e}"))?;
+        let metadata = producer.client().fetch_metadata(Some(name), STARTUP_TIMEOUT).map_err(|e| {
+            match producer.context().connection.last_failure() {
+                Some(last) => {
+                    format!("cannot read metadata of topic {name}: {e} (last broker failure: {last})")
+                }
+                None => format!("cannot read metadata of topic {name}: {e}"),
+            }
+        })?;
+        producer.context().connection.worked();
         let exists = metadata
             .topics()
             .iter()
-            .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty());
+            .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
         if !exists {
-            missing.push(*name);
+            missing.push(name.clone());
         }
     }
+    Ok(missing)
+}
+
+/// Creates the topics that do not exist yet, with `partitions` partitions each. Brokers that
+/// create topics on first use, or topics made by an operator beforehand, are both fine.
+///
+/// Gives up after 30 s without an answer, or sooner, with the reason, once the brokers keep
+/// refusing the client (TLS, SASL, the wrong `security.protocol`: see
+/// `diagnostics::Refusal`).
+pub fn ensure_topics(client: &ClientConfig, names: &[&str], partitions: i32) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let mut config = client.clone();
+    let log_level = config.log_level;
+    if !diagnostics::at_least(RDKafkaLogLevel::Info, log_level) {
+        // librdkafka reports a disconnect (plaintext at a TLS listener, say) at `Info`.
+        config.set_log_level(RDKafkaLogLevel::Info);
+    }
+    let context =
+        StartupContext { connection: ConnectionLog::default(), throttle: Throttle::default(), log_level };
+    let producer: ThreadedProducer<StartupContext> = config
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create a Kafka client to read topic metadata: {e}"))?;
+    let context = Arc::clone(producer.context());
+    let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let (answer, answered) = mpsc::channel();
+    // The metadata requests block; this thread watches for a refusal meanwhile. Given up on,
+    // the requester finishes on its own (within the timeout) and drops its client.
+    std::thread::Builder::new()
+        .name("kafka-sink-metadata".to_owned())
+        .spawn(move || {
+            let _ = answer.send(missing_topics(&producer, &owned));
+        })
+        .map_err(|e| format!("cannot start a thread to read topic metadata: {e}"))?;
+    let missing = loop {
+        match answered.recv_timeout(Duration::from_millis(100)) {
+            Ok(missing) => break missing?,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(verdict) = context.connection.verdict() {
+                    return Err(format!("cannot read topic metadata: {verdict}"));
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err("the topic metadata thread stopped".to_owned()),
+        }
+    };
+    // Only the missing ones: some brokers (and librdkafka's mock cluster) do not implement
+    // CreateTopics at all, and topics made beforehand need no permission to create.
     if missing.is_empty() {
         return Ok(());
     }
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
     let topics: Vec<NewTopic<'_>> =
         missing.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(-1))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
