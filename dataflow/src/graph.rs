@@ -101,7 +101,11 @@ pub fn build<'scope>(
             ),
             SinkSpec::Null => crate::sink::discard_lines(lines.clone()),
             SinkSpec::Postgres(url) => {
-                let rows = events.clone().concat(crate::aggregate::minute_aggregates(events.clone()));
+                let minutes = crate::aggregate::minute_aggregates(
+                    events.clone(),
+                    context.stats.aggregate_too_late.clone(),
+                );
+                let rows = events.clone().concat(minutes);
                 crate::pg_sink::write_postgres(
                     rows,
                     url.clone(),

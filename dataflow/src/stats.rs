@@ -23,6 +23,8 @@ pub struct RunStats {
     pub late_kept: IntCounter,
     /// Readings kept with validation quality flags (out of range, rate of change), not scored.
     pub flagged: IntCounter,
+    /// Readings that came too long after their minute to correct its `readings_1m` row.
+    pub aggregate_too_late: IntCounter,
     anomalies: IntCounterVec,
     dead_letters: Vec<IntCounter>,
     /// Records made durable by a sink (lines written, rows committed), by sink.
@@ -187,6 +189,13 @@ impl RunStats {
             late_kept: register(
                 r,
                 IntCounter::new("millstream_late_readings_total", "Late readings kept, flagged, not scored."),
+            ),
+            aggregate_too_late: register(
+                r,
+                IntCounter::new(
+                    "millstream_aggregate_too_late_total",
+                    "Readings that came more than an hour after their minute ended: stored, not folded into readings_1m.",
+                ),
             ),
             anomalies: register(
                 r,
