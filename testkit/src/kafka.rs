@@ -51,7 +51,6 @@
 //! [tansu]: https://github.com/tansu-io/tansu
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -262,7 +261,7 @@ impl TestKafka {
                 "Python 3 (the TLS terminator in front of tansu, which cannot do TLS itself)",
                 "your system's package manager (`apt-get install python3`)",
             )?;
-            let (ca, certificate, key) = make_certificates(dir.path())?;
+            let (ca, certificate, key) = crate::tls::make_certificates(dir.path())?;
             std::fs::write(dir.path().join("tls_proxy.py"), TLS_PROXY)?;
             Some(Tls { ca, certificate, key, python, proxy: Mutex::new(None) })
         } else {
@@ -813,81 +812,6 @@ fn consumer_with(mut config: ClientConfig, group: Option<&str>) -> Result<BaseCo
 
 fn read_lossy(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-/// A throwaway CA and a server certificate it signs for `localhost` and `127.0.0.1`, in
-/// `dir/tls/`: (CA certificate, server certificate, server key), PEM.
-fn make_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let tls = dir.join("tls");
-    std::fs::create_dir_all(&tls)?;
-    let path = |name: &str| tls.join(name).into_os_string();
-    let (ca_key, ca, csr, ext, certificate, key) = (
-        path("ca.key"),
-        path("ca.crt"),
-        path("server.csr"),
-        path("server.ext"),
-        path("server.crt"),
-        path("server.key"),
-    );
-    std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
-    let openssl = |args: &[&OsStr]| -> Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run openssl to make test certificates")?;
-        if !out.status.success() {
-            bail!("openssl {:?} failed: {}", args.first(), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
-    };
-    let os = OsStr::new;
-    // A test CA, and a server certificate it signs (a CA as the end entity is refused).
-    openssl(&[
-        os("req"),
-        os("-x509"),
-        os("-newkey"),
-        os("rsa:2048"),
-        os("-nodes"),
-        os("-days"),
-        os("2"),
-        os("-subj"),
-        os("/CN=millstream test Kafka CA"),
-        os("-keyout"),
-        &ca_key,
-        os("-out"),
-        &ca,
-    ])?;
-    openssl(&[
-        os("req"),
-        os("-newkey"),
-        os("rsa:2048"),
-        os("-nodes"),
-        os("-subj"),
-        os("/CN=localhost"),
-        os("-keyout"),
-        &key,
-        os("-out"),
-        &csr,
-    ])?;
-    openssl(&[
-        os("x509"),
-        os("-req"),
-        os("-in"),
-        &csr,
-        os("-CA"),
-        &ca,
-        os("-CAkey"),
-        &ca_key,
-        os("-CAcreateserial"),
-        os("-days"),
-        os("2"),
-        os("-extfile"),
-        &ext,
-        os("-out"),
-        &certificate,
-    ])?;
-    Ok((ca.into(), certificate.into(), key.into()))
 }
 
 /// Counts deliveries and keeps failures, so a produce call can tell that all arrived.

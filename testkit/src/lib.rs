@@ -23,6 +23,7 @@
 pub mod kafka;
 mod process;
 pub mod s3;
+pub mod tls;
 
 pub use kafka::{ConsumedRecord, TestKafka, TestRecord};
 pub use s3::TestS3;
@@ -146,67 +147,9 @@ impl TestPostgres {
         let cluster = self.cluster("enable TLS on")?;
         let data = cluster.data_path();
         let (cert, key) = (data.join("server.crt"), data.join("server.key"));
-        let work = cluster.dir.path();
-        let (ca_key, ca_cert, csr, ext) =
-            (work.join("ca.key"), work.join("root.crt"), work.join("server.csr"), work.join("server.ext"));
-        std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
-        let openssl = |args: &[&OsStr]| -> Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .context("cannot run openssl to make test certificates")?;
-            if !out.status.success() {
-                bail!("openssl {:?} failed: {}", args.first(), String::from_utf8_lossy(&out.stderr).trim());
-            }
-            Ok(())
-        };
-        let os = |s: &'static str| OsStr::new(s);
-        // A test CA, and a server certificate it signs (webpki refuses a CA as the end entity).
-        openssl(&[
-            os("req"),
-            os("-x509"),
-            os("-newkey"),
-            os("rsa:2048"),
-            os("-nodes"),
-            os("-days"),
-            os("2"),
-            os("-subj"),
-            os("/CN=millstream test CA"),
-            os("-keyout"),
-            ca_key.as_os_str(),
-            os("-out"),
-            ca_cert.as_os_str(),
-        ])?;
-        openssl(&[
-            os("req"),
-            os("-newkey"),
-            os("rsa:2048"),
-            os("-nodes"),
-            os("-subj"),
-            os("/CN=localhost"),
-            os("-keyout"),
-            key.as_os_str(),
-            os("-out"),
-            csr.as_os_str(),
-        ])?;
-        openssl(&[
-            os("x509"),
-            os("-req"),
-            os("-in"),
-            csr.as_os_str(),
-            os("-CA"),
-            ca_cert.as_os_str(),
-            os("-CAkey"),
-            ca_key.as_os_str(),
-            os("-CAcreateserial"),
-            os("-days"),
-            os("2"),
-            os("-extfile"),
-            ext.as_os_str(),
-            os("-out"),
-            cert.as_os_str(),
-        ])?;
+        let (ca_cert, made_cert, made_key) = crate::tls::make_certificates(cluster.dir.path())?;
+        std::fs::copy(&made_cert, &cert)?;
+        std::fs::copy(&made_key, &key)?;
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         if cluster.run_as.is_some() {
             let (uid, gid) = user_ids(UNPRIVILEGED_USER)?;
