@@ -284,6 +284,25 @@ impl Throttle {
     }
 }
 
+/// What a client context's `log` callback does with a librdkafka line: a broker failure
+/// (facility `FAIL`, the only report of many of them) is recorded in `connection`, and the line
+/// is forwarded to `tracing` from `configured` up, through `throttle`.
+pub fn on_log(
+    connection: &ConnectionLog,
+    throttle: &Throttle,
+    configured: RDKafkaLogLevel,
+    level: RDKafkaLogLevel,
+    facility: &str,
+    message: &str,
+) {
+    if facility == "FAIL" {
+        connection.failure(None, strip_thread(message));
+    }
+    if at_least(level, configured) {
+        forward_log(throttle, level, facility, message);
+    }
+}
+
 /// Forwards a librdkafka log line to `tracing` (target `librdkafka`, as rdkafka's own
 /// forwarding does), unless an identical one was logged less than [`REPEAT_INTERVAL`] ago.
 pub fn forward_log(throttle: &Throttle, level: RDKafkaLogLevel, facility: &str, message: &str) {

@@ -11,7 +11,7 @@ use millstream_events::{Accepted, DeadLetter, Origin, RawRef, Reading, Reason, R
 
 /// The reasons a decoder (not a later stage) may give: duplicates, lateness and the registry's
 /// checks come after decoding, so a decoder giving one of those is a bug.
-pub const DECODE_REASONS: [Reason; 8] = [
+pub const DECODE_REASONS: [Reason; 9] = [
     Reason::MalformedJson,
     Reason::MalformedCsv,
     Reason::MissingField,
@@ -20,6 +20,7 @@ pub const DECODE_REASONS: [Reason; 8] = [
     Reason::BadTimestamp,
     Reason::EmptySensorId,
     Reason::TooLarge,
+    Reason::FieldTooLong,
 ];
 
 /// The contract of an accepted reading: a non-blank sensor id, an asset (given or derived), a

@@ -223,12 +223,7 @@ struct StartupContext {
 
 impl ClientContext for StartupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if fac == "FAIL" {
-            self.connection.failure(None, diagnostics::strip_thread(log_message));
-        }
-        if diagnostics::at_least(level, self.log_level) {
-            diagnostics::forward_log(&self.throttle, level, fac, log_message);
-        }
+        diagnostics::on_log(&self.connection, &self.throttle, self.log_level, level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
