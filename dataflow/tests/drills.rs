@@ -529,7 +529,9 @@ fn slow_sink_memory_is_bounded() {
 
 mod s3_drill {
     use super::*;
-    use common::models::{s3_env, samples, train, trained_version, write_samples, Pump};
+    use common::models::{
+        models_section, rfc3339, s3_env, samples, train, trained_version, write_samples, Pump,
+    };
     use millstream_testkit::TestS3;
 
     const BUCKET: &str = "models";
@@ -542,20 +544,6 @@ mod s3_drill {
 
     fn at(s: u64) -> u64 {
         START_MS + s * 1000
-    }
-
-    fn rfc(ts: u64) -> String {
-        let line = reading_line("x/y", ts, 0.0, true);
-        serde_json::from_str::<Value>(&line).unwrap()["ts"].as_str().unwrap().to_owned()
-    }
-
-    fn models_section(url: &str, s3: Option<&TestS3>) -> String {
-        let endpoint =
-            s3.map(|s3| format!(", endpoint = \"{}\", path_style = true, timeout_ms = 2000", s3.endpoint()));
-        format!(
-            "[models]\nstore = {{ url = \"{url}\"{} }}\npoll_interval_ms = 200\ndefault = \"{MODEL}\"\n",
-            endpoint.unwrap_or_default()
-        )
     }
 
     /// Trains on `history` into the drill's S3 prefix and copies the artifact into the
@@ -629,8 +617,8 @@ mod s3_drill {
             PARTITIONS,
             stack.path("produce.log"),
         );
-        let s3_models = models_section("s3://models/drill", Some(&s3));
-        let file_models = models_section(&format!("file://{}", file_store.display()), None);
+        let s3_models = models_section("s3://models/drill", Some(&s3), MODEL);
+        let file_models = models_section(&format!("file://{}", file_store.display()), None, MODEL);
         let mut run = start_run(&stack, "drill", &drill_db, &s3_models, &env);
         // The reference runs beside it, on the same paced input, with a directory store that
         // never fails and receives the same versions at the same moments.
@@ -660,7 +648,7 @@ mod s3_drill {
 
         // A version uploaded after the store is back, effective from T2 (ahead of the data).
         let uploaded = sampler.mark("v2 uploaded");
-        let effective = rfc(at(T2_S));
+        let effective = rfc3339(at(T2_S));
         assert_eq!(train_version(&env, &s3, &history, 4, &["--effective-from", &effective], &file_store), 2);
         let switched = sampler.wait_for(WAIT, |s| s.model_version == Some(2.0));
         assert!(switched.is_some(), "v2 was not picked up:\n{}", run.log_tail(30));

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::models::{
-    complete_lines, line_ts, metric, millstream_with, s3_env, samples, train, trained_version, write_samples,
-    LiveRun, Pump, Sample,
+    complete_lines, line_ts, metric, millstream_with, models_section, rfc3339, s3_env, samples, train,
+    trained_version, write_samples, LiveRun, Pump, Sample,
 };
 use common::{read_json, read_lines, START_MS};
 use millstream_testkit::kafka::{TestKafka, TestRecord};
@@ -34,23 +34,6 @@ const BUCKET: &str = "models";
 /// Event time `s` seconds into a scenario.
 fn at(s: u64) -> u64 {
     START_MS + s * 1000
-}
-
-fn rfc(ts: u64) -> String {
-    // `reading_line` renders RFC 3339; reuse it rather than a second formatter.
-    let line = common::reading_line("x/y", ts, 0.0, true);
-    let v: Value = serde_json::from_str(&line).unwrap();
-    v["ts"].as_str().unwrap().to_owned()
-}
-
-/// The `[models]` section for `url` (`s3://…` on `s3`, or `file://…`).
-fn models_section(url: &str, s3: Option<&TestS3>) -> String {
-    let endpoint =
-        s3.map(|s3| format!(", endpoint = \"{}\", path_style = true, timeout_ms = 2000", s3.endpoint()));
-    format!(
-        "[models]\nstore = {{ url = \"{url}\"{} }}\npoll_interval_ms = 200\ndefault = \"{MODEL}\"\n",
-        endpoint.unwrap_or_default()
-    )
 }
 
 /// Runs `millstream run` on a file with `config`, scores emitted, to `out`; asserts exit 0.
@@ -128,7 +111,7 @@ fn a_model_trained_into_s3_is_served_and_flags_the_fault() {
             "--name",
             MODEL,
             "--until",
-            &rfc(at(fault_from)),
+            &rfc3339(at(fault_from)),
         ],
     );
     assert_eq!(trained_version(&stdout), Some(1), "the first version of a model is 1:\n{stdout}");
@@ -136,7 +119,7 @@ fn a_model_trained_into_s3_is_served_and_flags_the_fault() {
     assert!(stdout.contains("trained on 400 buckets"), "the training window is the normal part:\n{stdout}");
     assert_eq!(s3.list_keys(BUCKET, "plant/").unwrap(), vec![format!("plant/{MODEL}/v0000000001.model")]);
 
-    let config = write(dir.path().join("run.toml"), &models_section(&url, Some(&s3)));
+    let config = write(dir.path().join("run.toml"), &models_section(&url, Some(&s3), MODEL));
     let out = dir.path().join("out");
     file_run(&env, &input, &config, &out, 1);
     let anomalies = read_json(&out.join("anomalies.jsonl"));
@@ -275,7 +258,7 @@ fn start_live_run(
         &format!(
             "[kafka]\ngroup_id = \"{name}\"\nidle_timeout_ms = 600000\nallowed_lateness_ms = {LATENESS_MS}\n\
              [log]\nlevel = \"info\"\nformat = \"json\"\n{}",
-            models_section(url, Some(s3))
+            models_section(url, Some(s3), MODEL)
         ),
     );
     let out = dir.join(name);
@@ -291,7 +274,7 @@ fn start_live_run(
 /// written (the file is in event-time order).
 fn wait_scored(run: &mut LiveRun, out: &Path, ts: u64, what: &str) {
     let scores = out.join("scores.jsonl");
-    run.wait_for(&format!("{what} ({} scored)", rfc(ts)), WAIT, |_| {
+    run.wait_for(&format!("{what} ({} scored)", rfc3339(ts)), WAIT, |_| {
         complete_lines(&scores).last().is_some_and(|l| line_ts(l) >= ts).then_some(())
     });
 }
@@ -354,7 +337,7 @@ fn reload_run(
     // Phase 1 is scored up to its watermark (the last second less the allowed lateness).
     wait_scored(&mut run, &out, at(PHASE1_END - 3), "phase 1 scored");
 
-    let effective = rfc(at(T2));
+    let effective = rfc3339(at(T2));
     assert_eq!(train_into(env, Some(s3), &url, &history_b, 2, &["--effective-from", &effective]), 2);
     // The run has the new version in its update stream (at T2) before phase 2 is produced.
     wait_metric(&mut run, "millstream_model_switches_total", "the switch to v2", |v| v >= 1.0);
@@ -456,7 +439,8 @@ fn a_new_version_takes_over_at_its_effective_time_at_any_number_of_workers() {
     let reference = |version: &str, history: &Path, k: u32| -> Vec<String> {
         let url = format!("file://{}", dir.path().join(format!("store-{version}")).display());
         assert_eq!(train_into(&env, None, &url, history, k, &[]), 1);
-        let config = write(dir.path().join(format!("ref-{version}.toml")), &models_section(&url, None));
+        let config =
+            write(dir.path().join(format!("ref-{version}.toml")), &models_section(&url, None, MODEL));
         let out = dir.path().join(format!("ref-{version}"));
         file_run(&env, &input, &config, &out, 1);
         read_lines(&out.join("scores.jsonl"))
@@ -517,7 +501,8 @@ fn a_store_that_goes_down_leaves_the_current_model_in_service() {
     let reference = |version: &str, k: u32| -> Vec<String> {
         let url = format!("file://{}", dir.path().join(format!("store-{version}")).display());
         assert_eq!(train_into(&env, None, &url, &history, k, &[]), 1);
-        let config = write(dir.path().join(format!("ref-{version}.toml")), &models_section(&url, None));
+        let config =
+            write(dir.path().join(format!("ref-{version}.toml")), &models_section(&url, None, MODEL));
         let out = dir.path().join(format!("ref-{version}"));
         file_run(&env, &input, &config, &out, 1);
         let mut lines: Vec<String> = read_lines(&out.join("scores.jsonl"))

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{free_port, http_get};
+use super::http_get;
+use super::models::LiveRun;
 
 /// The resident set of process `pid` in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -61,11 +62,11 @@ fn partition_of(labels: &str, topic: &str) -> Option<i32> {
     partition.filter(|_| topic_ok)
 }
 
-/// A `millstream run` in the background with `--http`: output to a log file, SIGKILLed on drop.
+/// A `millstream run` in the background with `--http` (a [`LiveRun`]: output to a log file,
+/// SIGKILLed on drop), with what the drills read from it.
 pub struct DrillRun {
-    child: Child,
+    run: LiveRun,
     pub pid: u32,
-    pub log: PathBuf,
     /// `127.0.0.1:PORT` of its HTTP endpoint.
     pub http: String,
 }
@@ -73,46 +74,29 @@ pub struct DrillRun {
 impl DrillRun {
     /// Starts `command` (a `millstream run …` without `--http`) and waits (up to 30 s) until its
     /// HTTP endpoint answers.
-    pub fn start(mut command: Command, log: PathBuf) -> DrillRun {
-        let http = format!("127.0.0.1:{}", free_port());
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command
-            .args(["--http", &http])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("millstream starts");
-        let pid = child.id();
-        let mut run = DrillRun { child, pid, log, http };
-        let started = Instant::now();
-        while http_get(&run.http, "/health/live").is_none() {
-            assert!(run.alive(), "the run exited at start:\n{}", run.log_tail(30));
-            assert!(started.elapsed() < Duration::from_secs(30), "no HTTP answer:\n{}", run.log_tail(30));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        run
+    pub fn start(command: Command, log: PathBuf) -> DrillRun {
+        let run = LiveRun::start(command, log);
+        DrillRun { pid: run.pid(), http: run.http.clone(), run }
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.run.alive()
     }
 
     pub fn metrics(&self) -> Option<String> {
-        http_get(&self.http, "/metrics").filter(|(s, _)| *s == 200).map(|(_, b)| b)
+        self.run.get("/metrics").filter(|(s, _)| *s == 200).map(|(_, b)| b)
     }
 
     /// The last `n` lines of the run's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text =
-            std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.run.log_tail(n)
     }
 
     /// Whether the log holds a panic.
     pub fn panicked(&self) -> bool {
-        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).contains("panicked")).unwrap_or(false)
+        std::fs::read(&self.run.log)
+            .map(|b| String::from_utf8_lossy(&b).contains("panicked"))
+            .unwrap_or(false)
     }
 
     /// Waits until `millstream_durable_event_time_seconds` reaches `event_ms` (every result up
@@ -140,14 +124,7 @@ impl DrillRun {
 
     /// SIGKILL, and wait for the process to end.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for DrillRun {
-    fn drop(&mut self) {
-        self.kill();
+        self.run.kill();
     }
 }
 

@@ -115,6 +115,24 @@ pub fn write_samples(path: &Path, samples: &[Sample]) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
+/// `ts` as RFC 3339, rendered the way `reading_line` renders it (no second formatter).
+pub fn rfc3339(ts: u64) -> String {
+    let line = reading_line("x/y", ts, 0.0, true);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    v["ts"].as_str().unwrap().to_owned()
+}
+
+/// The `[models]` section serving `model` from `url` (`s3://…` on `s3`, or `file://…`), polled
+/// every 200 ms.
+pub fn models_section(url: &str, s3: Option<&millstream_testkit::TestS3>, model: &str) -> String {
+    let endpoint =
+        s3.map(|s3| format!(", endpoint = \"{}\", path_style = true, timeout_ms = 2000", s3.endpoint()));
+    format!(
+        "[models]\nstore = {{ url = \"{url}\"{} }}\npoll_interval_ms = 200\ndefault = \"{model}\"\n",
+        endpoint.unwrap_or_default()
+    )
+}
+
 /// The environment the `millstream` binary needs to sign requests to `s3`, and nothing from
 /// the machine's own AWS setup (profiles, instance metadata).
 pub fn s3_env(s3: &millstream_testkit::TestS3) -> Vec<(&'static str, String)> {
@@ -221,6 +239,11 @@ impl LiveRun {
         }
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.
