@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::{CompactString, EventTime, MinuteRow, SinkEvent};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
@@ -102,9 +103,10 @@ pub const MINUTE_RETENTION_MS: u64 = 3_600_000;
 pub fn minute_aggregates<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     too_late: IntCounter,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
     type Value = (CompactString, EventTime, f64);
-    let worker = events.scope().index();
+    let (worker, peers) = (events.scope().index(), events.scope().peers());
     let values = events.flat_map(|event| match event {
         SinkEvent::Reading(r) => Some((r.sensor_id, r.ts - r.ts % MINUTE_MS, r.value)),
         _ => None,
@@ -113,16 +115,41 @@ pub fn minute_aggregates<'scope>(
     values.unary_frontier::<CapacityContainerBuilder<Vec<SinkEvent>>, _, _, _>(
         pact,
         "MinuteStats",
-        move |_, _| {
+        move |initial, _| {
             // Readings by the time they flow at, with a capability for that time.
             let mut pending: BTreeMap<EventTime, (Capability<EventTime>, Vec<Value>)> = BTreeMap::new();
             let mut open: HashMap<(CompactString, EventTime), Moments> = HashMap::new();
             // Minutes by the frontier time at which they are forgotten.
             let mut expiry: BTreeMap<EventTime, Vec<(CompactString, EventTime)>> = BTreeMap::new();
             let mut changed: Vec<(CompactString, EventTime)> = Vec::new();
+            let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+                let restored: Vec<MinutesState> =
+                    crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+                for state in restored {
+                    for (sensor, minute, moments) in state.minutes {
+                        let route = crate::score::sensor_route(&sensor);
+                        if millstream_events::checkpoint::owner(route, peers) != worker {
+                            continue;
+                        }
+                        let key = (CompactString::from(sensor), minute);
+                        expiry.entry(minute + MINUTE_MS + MINUTE_RETENTION_MS).or_default().push(key.clone());
+                        open.insert(key, moments);
+                    }
+                }
+                crate::checkpoint::Checkpointer::new(
+                    CHECKPOINT_COMPONENT,
+                    checkpointing.interval_ms,
+                    registry,
+                    checkpointing.restored_boundary(),
+                    initial,
+                )
+            });
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };
+                    if let Some(c) = checkpointer.as_mut() {
+                        c.on_input(&cap, time);
+                    }
                     let entry = pending
                         .entry(time)
                         .or_insert_with(|| (cap.retain_least(0).expect("an input has a time"), Vec::new()));
@@ -134,6 +161,9 @@ pub fn minute_aggregates<'scope>(
                         break;
                     }
                     let (cap, readings) = entry.remove();
+                    if let Some(c) = checkpointer.as_mut() {
+                        c.before(time, || snapshot(&open, time));
+                    }
                     for (sensor, minute, value) in readings {
                         let forget_at = minute + MINUTE_MS + MINUTE_RETENTION_MS;
                         if time >= forget_at {
@@ -182,9 +212,33 @@ pub fn minute_aggregates<'scope>(
                         open.remove(&key);
                     }
                 }
+                if let Some(c) = checkpointer.as_mut() {
+                    c.passed(frontier.frontier(), || {
+                        snapshot(&open, frontier.frontier().first().copied().unwrap_or(0))
+                    });
+                }
             }
         },
     )
+}
+
+/// The stage's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "readings_1m";
+
+/// The stage's state at a boundary: the minutes it still keeps, with their moments.
+#[derive(Debug, Serialize, Deserialize)]
+struct MinutesState {
+    minutes: Vec<(String, EventTime, Moments)>,
+}
+
+/// The open minutes as of `boundary` (those forgotten before it are left out).
+fn snapshot(open: &HashMap<(CompactString, EventTime), Moments>, boundary: EventTime) -> Vec<u8> {
+    let minutes = open
+        .iter()
+        .filter(|((_, minute), _)| minute + MINUTE_MS + MINUTE_RETENTION_MS >= boundary)
+        .map(|((sensor, minute), moments)| (sensor.to_string(), *minute, *moments))
+        .collect();
+    crate::checkpoint::encode(&MinutesState { minutes })
 }
 
 #[cfg(test)]
@@ -216,7 +270,7 @@ mod tests {
         let captured = timely::execute_directly(move |worker| {
             let (mut input, captured) = worker.dataflow::<EventTime, _, _>(|scope| {
                 let (input, events) = scope.new_input::<Vec<SinkEvent>>();
-                let captured = minute_aggregates(events, counter.clone()).capture();
+                let captured = minute_aggregates(events, counter.clone(), None).capture();
                 (input, captured)
             });
             for (time, sensor, ts, value) in readings.clone() {

@@ -202,6 +202,8 @@ pub struct Settings {
     pub models: crate::models::ModelsSettings,
     /// The sensor registry: plausibility checks per sensor kind and per sensor.
     pub validation: millstream_operators::validate::Registry,
+    /// Checkpoints of operator state and source positions (off unless `interval_ms` is set).
+    pub checkpoint: crate::checkpoint::CheckpointSettings,
     pub log: LogSettings,
 }
 

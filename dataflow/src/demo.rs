@@ -74,6 +74,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         kafka: Default::default(),
         stop_at_end: false,
         models: Default::default(),
+        checkpoint: Default::default(),
     };
     let result = run(plan, Arc::clone(&stats));
     done.store(true, Ordering::Relaxed);

@@ -173,6 +173,7 @@ fn flagged_rows(file: &SkabFile, pipeline: &PipelineConfig, work: &Path) -> anyh
         kafka: Default::default(),
         stop_at_end: false,
         models,
+        checkpoint: Default::default(),
     };
     run(plan, Arc::new(RunStats::default()))?;
     let text = std::fs::read_to_string(results.join("anomalies.jsonl"))?;

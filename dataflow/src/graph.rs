@@ -1,6 +1,7 @@
 //! The dataflow, as built on every worker: source → (dead letters | exchange by sensor →
 //! validate + score) → sinks.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use millstream_connectors::file::file_source;
@@ -38,12 +39,17 @@ pub fn build<'scope>(
     };
     let probe = ProbeHandle::new();
     let mut kafka = None;
+    // The parts this worker's components register, for its PostgreSQL sink to commit.
+    let registry = millstream_events::checkpoint::Registry::shared();
+    let checkpointing = context.checkpointing.clone();
+    let checkpoints = checkpointing.as_ref().map(|c| (Arc::clone(c), Rc::clone(&registry)));
     let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
         OpenedSource::File(input) => file_source(scope, Arc::clone(input), time, context.workers_per_process),
         OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),
         OpenedSource::Kafka(input) => {
-            let (stream, handle) = kafka_source(scope, Arc::clone(input), time, probe.clone())
-                .unwrap_or_else(|e| crate::fatal(&format!("cannot create the Kafka consumer: {e}")));
+            let (stream, handle) =
+                kafka_source(scope, Arc::clone(input), time, probe.clone(), checkpoints.clone())
+                    .unwrap_or_else(|e| crate::fatal(&format!("cannot create the Kafka consumer: {e}")));
             kafka = Some(handle);
             stream
         }
@@ -54,7 +60,7 @@ pub fn build<'scope>(
         stats.record_dead_letter(&dead);
         SinkEvent::DeadLetter(dead)
     });
-    let mut events = score_readings(accepted, Arc::clone(&context));
+    let mut events = score_readings(accepted, Arc::clone(&context), checkpoints.clone());
     if let Some(models) = &context.models {
         let feed =
             if scope.index() == 0 { context.model_feed.lock().expect("never poisoned").take() } else { None };
@@ -104,6 +110,7 @@ pub fn build<'scope>(
                 let minutes = crate::aggregate::minute_aggregates(
                     events.clone(),
                     context.stats.aggregate_too_late.clone(),
+                    checkpoints.clone(),
                 );
                 let rows = events.clone().concat(minutes);
                 crate::pg_sink::write_postgres(
@@ -112,6 +119,9 @@ pub fn build<'scope>(
                     context.postgres.clone(),
                     Arc::clone(&context.health),
                     Arc::clone(&context.stats),
+                    checkpoints.clone().map(|(c, r)| {
+                        crate::pg_sink::SinkCheckpoints::new(c, r, scope.index(), scope.peers())
+                    }),
                 )
             }
             SinkSpec::Kafka(_) => crate::kafka_sink::write_kafka(

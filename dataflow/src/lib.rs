@@ -10,6 +10,7 @@ pub mod asset;
 pub mod bench;
 pub mod bench_kafka;
 pub mod bench_pg;
+pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod demo;

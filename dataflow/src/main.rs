@@ -215,8 +215,17 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     let _ = config; // loaded above
     let config_text = settings.to_redacted_toml();
-    let Settings { run: run_settings, mut pipeline, postgres, admin, kafka, models, validation, log: _ } =
-        settings;
+    let Settings {
+        run: run_settings,
+        mut pipeline,
+        postgres,
+        admin,
+        kafka,
+        models,
+        validation,
+        checkpoint,
+        log: _,
+    } = settings;
     pipeline.validation = Arc::new(validation);
     let admin = millstream::http::Admin { token: admin.resolve_token()?, config: config_text };
     let source = match (source, run_settings.source) {
@@ -260,8 +269,19 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let cluster = cluster.into_options(run_settings.workers);
     // Files and the simulator are finite and always stop at their end; `stop_at_end` makes a
     // Kafka source finite.
-    let plan =
-        RunPlan { source, sinks, pipeline, cluster, http, postgres, admin, kafka, stop_at_end, models };
+    let plan = RunPlan {
+        source,
+        sinks,
+        pipeline,
+        cluster,
+        http,
+        postgres,
+        admin,
+        kafka,
+        stop_at_end,
+        models,
+        checkpoint,
+    };
     let report = run(plan, stats)?;
     let s = &report.stats;
     tracing::info!(

@@ -36,10 +36,27 @@ pub enum Observed {
 }
 
 /// A health episode in progress (stuck or silent).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct HealthEpisode {
     started_at: EventTime,
     value: f64,
+}
+
+/// A [`SensorMonitor`]'s state in a checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MonitorState {
+    state: SensorState,
+    validation: ValidationState,
+    cusum: Cusum,
+    anomaly: EpisodeTracker,
+    /// The open anomaly episode was opened by CUSUM (otherwise by robust_z).
+    cusum_opened: bool,
+    shift_hold: Option<(f64, EventTime)>,
+    shift_returned: bool,
+    stuck: Option<HealthEpisode>,
+    silent: Option<HealthEpisode>,
+    last: Option<(EventTime, f64)>,
+    heard: Option<EventTime>,
 }
 
 #[derive(Debug)]
@@ -79,6 +96,68 @@ impl SensorMonitor {
             silent: None,
             last: None,
             heard: None,
+        }
+    }
+
+    /// Everything the monitor has learnt, for a checkpoint (the rules come from the config).
+    pub fn snapshot(&self) -> MonitorState {
+        let SensorMonitor {
+            state,
+            rules: _,
+            validation,
+            cusum,
+            anomaly,
+            anomaly_detector,
+            shift_hold,
+            shift_returned,
+            stuck,
+            silent,
+            last,
+            heard,
+        } = self;
+        MonitorState {
+            state: state.clone(),
+            validation: *validation,
+            cusum: *cusum,
+            anomaly: anomaly.clone(),
+            cusum_opened: *anomaly_detector == CUSUM_DETECTOR,
+            shift_hold: *shift_hold,
+            shift_returned: *shift_returned,
+            stuck: *stuck,
+            silent: *silent,
+            last: *last,
+            heard: *heard,
+        }
+    }
+
+    /// A monitor for `sensor_id` that continues from `saved`.
+    pub fn restore(sensor_id: &str, config: &PipelineConfig, saved: MonitorState) -> SensorMonitor {
+        let MonitorState {
+            state,
+            validation,
+            cusum,
+            anomaly,
+            cusum_opened,
+            shift_hold,
+            shift_returned,
+            stuck,
+            silent,
+            last,
+            heard,
+        } = saved;
+        SensorMonitor {
+            state,
+            rules: config.validation.rules_for(sensor_id),
+            validation,
+            cusum,
+            anomaly,
+            anomaly_detector: if cusum_opened { CUSUM_DETECTOR } else { RobustZ::NAME },
+            shift_hold,
+            shift_returned,
+            stuck,
+            silent,
+            last,
+            heard,
         }
     }
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use millstream_events::{EventTime, SinkEvent};
-use millstream_sinks::postgres::writer::{Backoff, Circuit, PgBatch, PgWriter, WriteReport};
+use millstream_sinks::postgres::writer::{
+    Backoff, CheckpointCommit, Circuit, PgBatch, PgWriter, WriteReport,
+};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -129,12 +131,59 @@ impl WriterThread {
     }
 }
 
+/// The sink's side of checkpoints: the worker's registry of parts, and the boundary it has
+/// covered so far.
+pub struct SinkCheckpoints {
+    pub checkpointing: Arc<millstream_events::checkpoint::Checkpointing>,
+    pub registry: millstream_events::checkpoint::SharedRegistry,
+    pub worker: usize,
+    pub workers: usize,
+    covered: u64,
+}
+
+impl SinkCheckpoints {
+    pub fn new(
+        checkpointing: Arc<millstream_events::checkpoint::Checkpointing>,
+        registry: millstream_events::checkpoint::SharedRegistry,
+        worker: usize,
+        workers: usize,
+    ) -> Self {
+        // A restored run covers nothing before the boundary it restored: its parts begin there.
+        let covered = checkpointing.restored_boundary().unwrap_or(0);
+        SinkCheckpoints { checkpointing, registry, worker, workers, covered }
+    }
+
+    /// The checkpoint to commit with the rows before `frontier`, once it has passed a new
+    /// boundary: every component of the worker has registered it by then.
+    fn due(
+        &mut self,
+        frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+    ) -> Option<CheckpointCommit> {
+        let &f = frontier.first()?;
+        let passed = millstream_events::checkpoint::last_passed(f, self.checkpointing.interval_ms)?;
+        // A restored run's first commit is past its boundary: until then the generation it
+        // restored from stays the newest complete one, at the same boundary.
+        if passed <= self.covered {
+            return None;
+        }
+        self.covered = passed;
+        Some(CheckpointCommit {
+            generation: self.checkpointing.generation,
+            worker: self.worker,
+            workers: self.workers,
+            covered_to: passed,
+            parts: self.registry.borrow_mut().take(),
+        })
+    }
+}
+
 pub fn write_postgres<'scope>(
     events: Stream<'scope, EventTime, Vec<SinkEvent>>,
     url: String,
     settings: PgSinkSettings,
     health: Arc<Health>,
     stats: Arc<RunStats>,
+    mut checkpoints: Option<SinkCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<()>> {
     let scope = events.scope();
     let worker = scope.index();
@@ -150,12 +199,15 @@ pub fn write_postgres<'scope>(
             let mut batch = PgBatch::default();
             // The oldest time in `batch` (ready, not yet sent) and when it became ready.
             let mut batch_since: Option<(EventTime, Instant)> = None;
-            // The oldest time of each batch sent and not yet acknowledged, in send order.
-            let mut in_flight: VecDeque<EventTime> = VecDeque::new();
+            // The oldest time of each batch sent and not yet acknowledged, in send order (none
+            // for a batch that carries only a checkpoint).
+            let mut in_flight: VecDeque<Option<EventTime>> = VecDeque::new();
+            // When the checkpoint in `batch` was attached, for a batch without rows.
+            let mut checkpoint_since: Option<Instant> = None;
             // Emptied batches come back from the writer, to be filled again.
             let mut spare: Vec<PgBatch> = Vec::new();
             let acknowledge = move |ack: Result<(WriteReport, PgBatch), String>,
-                                    in_flight: &mut VecDeque<EventTime>,
+                                    in_flight: &mut VecDeque<Option<EventTime>>,
                                     spare: &mut Vec<PgBatch>| {
                 match ack {
                     Ok((report, mut emptied)) => {
@@ -194,7 +246,17 @@ pub fn write_postgres<'scope>(
                     }
                     batch_since.get_or_insert((time, Instant::now()));
                 }
-                if let Some((oldest, since)) = batch_since {
+                if let Some(commit) = checkpoints.as_mut().and_then(|c| c.due(frontier)) {
+                    match batch.checkpoint.as_mut() {
+                        Some(pending) => pending.absorb(commit),
+                        None => batch.checkpoint = Some(commit),
+                    }
+                    checkpoint_since.get_or_insert_with(Instant::now);
+                }
+                let ready = batch_since
+                    .map(|(oldest, since)| (Some(oldest), since))
+                    .or(checkpoint_since.map(|s| (None, s)));
+                if let Some((oldest, since)) = ready {
                     let due = batch.rows() >= batching.batch_rows
                         || frontier.is_empty()
                         || since.elapsed() >= batching.max_delay;
@@ -212,11 +274,19 @@ pub fn write_postgres<'scope>(
                         }
                         in_flight.push_back(oldest);
                         batch_since = None;
+                        checkpoint_since = None;
                     } else {
                         activator.activate_after(batching.max_delay.saturating_sub(since.elapsed()));
                     }
                 }
-                let owed = in_flight.front().copied().into_iter().chain(batch_since.map(|(t, _)| t)).min();
+                let owed = in_flight
+                    .iter()
+                    .flatten()
+                    .next()
+                    .copied()
+                    .into_iter()
+                    .chain(batch_since.map(|(t, _)| t))
+                    .min();
                 stash.hold(owed);
             }
         },

@@ -101,6 +101,8 @@ pub struct RunPlan {
     pub stop_at_end: bool,
     /// The `[models]` settings: per-asset models and their store.
     pub models: crate::models::ModelsSettings,
+    /// The `[checkpoint]` settings.
+    pub checkpoint: crate::checkpoint::CheckpointSettings,
 }
 
 /// What a finished run did in this process.
@@ -113,9 +115,22 @@ pub struct RunReport {
 /// Runs `plan` to completion (a finite source) and returns this process's counters.
 /// `stats` is shared so that a caller can watch progress while it runs.
 pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
-    let RunPlan { source, sinks, mut pipeline, cluster, http, postgres, admin, kafka, stop_at_end, models } =
-        plan;
+    let RunPlan {
+        source,
+        sinks,
+        mut pipeline,
+        cluster,
+        http,
+        postgres,
+        admin,
+        kafka,
+        stop_at_end,
+        models,
+        checkpoint,
+    } = plan;
     models.check()?;
+    let checkpointing =
+        crate::checkpoint::prepare(&checkpoint, &source, &sinks, &models, &postgres, &cluster)?;
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
         let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats), admin)?;
@@ -178,6 +193,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         workers_per_process: cluster.workers.max(1),
         models,
         model_feed: std::sync::Mutex::new(model_feed),
+        checkpointing,
     });
     let started = Instant::now();
     let threads = cluster.workers.max(1);

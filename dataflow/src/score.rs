@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use millstream_connectors::RecordResolver;
+use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::{Accepted, Anomaly, DeadLetter, EventTime, Origin, ReadingRow, Reason, SinkEvent};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
@@ -38,6 +39,9 @@ pub struct RunContext {
     /// The watcher's feed of model versions: taken by the worker that emits model updates
     /// (the first worker of process 0).
     pub model_feed: std::sync::Mutex<Option<crate::models::ModelFeed>>,
+    /// Checkpoints, when `[checkpoint] interval_ms` is set: the generation, and what the run
+    /// restored.
+    pub checkpointing: Option<Arc<millstream_events::checkpoint::Checkpointing>>,
 }
 
 impl RunContext {
@@ -59,9 +63,11 @@ const CHUNK: usize = timely::container::buffer::default_capacity::<SinkEvent>();
 pub fn score_readings<'scope>(
     accepted: Stream<'scope, EventTime, Vec<Accepted>>,
     context: Arc<RunContext>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
+    let (worker, peers) = (accepted.scope().index(), accepted.scope().peers());
     let pact = Exchange::new(|a: &Accepted| sensor_route(&a.reading.sensor_id));
-    accepted.unary_frontier(pact, "ScoreSensors", move |_, _| {
+    accepted.unary_frontier(pact, "ScoreSensors", move |initial, _| {
         let mut sensor_index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
         let mut sensors: Vec<Sensor> = Vec::new();
         let mut pending: BTreeMap<EventTime, Vec<(u32, Accepted)>> = BTreeMap::new();
@@ -70,6 +76,37 @@ pub fn score_readings<'scope>(
         // unless they speak first; and a capability to announce it at the earliest deadline.
         let mut deadlines: BTreeMap<EventTime, Vec<u32>> = BTreeMap::new();
         let mut deadline_capability: Option<Capability<EventTime>> = None;
+        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+            let saved: Vec<Vec<SavedSensor>> =
+                crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+            for saved in saved.into_iter().flatten() {
+                if millstream_events::checkpoint::owner(sensor_route(&saved.sensor_id), peers) != worker {
+                    continue;
+                }
+                let index = sensors.len() as u32;
+                let sensor_id = millstream_events::CompactString::from(saved.sensor_id.as_str());
+                sensor_index.insert(sensor_id.clone(), index);
+                if let Some(deadline) = saved.deadline {
+                    deadlines.entry(deadline).or_default().push(index);
+                    if deadline_capability.as_ref().is_none_or(|c| deadline < *c.time()) {
+                        deadline_capability = Some(initial.delayed(&deadline));
+                    }
+                }
+                sensors.push(Sensor {
+                    scheduled: saved.deadline.is_some(),
+                    monitor: SensorMonitor::restore(&saved.sensor_id, &context.config, saved.monitor),
+                    sensor_id,
+                    asset_id: saved.asset_id.into(),
+                });
+            }
+            crate::checkpoint::Checkpointer::new(
+                CHECKPOINT_COMPONENT,
+                checkpointing.interval_ms,
+                registry,
+                checkpointing.restored_boundary(),
+                initial,
+            )
+        });
         let silence_ms = context.config.silence_ms;
         let mut events: Vec<SinkEvent> = Vec::new();
         let mut anomalies: Vec<Anomaly> = Vec::new();
@@ -77,6 +114,9 @@ pub fn score_readings<'scope>(
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(&cap, time);
+                }
                 if capability.as_ref().is_none_or(|c| time < *c.time()) {
                     capability = cap.retain_least(0);
                 }
@@ -118,7 +158,11 @@ pub fn score_readings<'scope>(
                         silence_ms,
                         &context,
                         output,
+                        &mut checkpointer,
                     );
+                    if let Some(c) = checkpointer.as_mut() {
+                        c.before(time, || snapshot(&sensors, &deadlines));
+                    }
                     // Per sensor, by event time, ties by where the reading was read: the first
                     // copy of an exact repeat is the one kept. Sort small keys, not the records:
                     // with several workers an epoch's records arrive interleaved from every source.
@@ -194,15 +238,54 @@ pub fn score_readings<'scope>(
                     silence_ms,
                     &context,
                     output,
+                    &mut checkpointer,
                 );
+            }
+            if let Some(c) = checkpointer.as_mut() {
+                c.passed(frontier, || snapshot(&sensors, &deadlines));
             }
         }
     })
 }
 
+/// The stage's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "sensors";
+
+/// One sensor in a checkpoint of the stage.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedSensor {
+    sensor_id: String,
+    asset_id: String,
+    monitor: crate::monitor::MonitorState,
+    /// Its pending silence deadline.
+    deadline: Option<EventTime>,
+}
+
+/// The stage's state: every sensor, with its pending deadline.
+fn snapshot(sensors: &[Sensor], deadlines: &BTreeMap<EventTime, Vec<u32>>) -> Vec<u8> {
+    let mut deadline_of = vec![None; sensors.len()];
+    for (&deadline, indices) in deadlines {
+        for &i in indices {
+            deadline_of[i as usize] = Some(deadline);
+        }
+    }
+    let saved: Vec<SavedSensor> = sensors
+        .iter()
+        .zip(deadline_of)
+        .map(|(s, deadline)| SavedSensor {
+            sensor_id: s.sensor_id.to_string(),
+            asset_id: s.asset_id.to_string(),
+            monitor: s.monitor.snapshot(),
+            deadline,
+        })
+        .collect();
+    crate::checkpoint::encode(&saved)
+}
+
 /// Announces the sensors whose silence deadline lies before `bound` (all times before it are
 /// complete) and that have not spoken since; then holds the deadline capability at the next
 /// deadline.
+#[allow(clippy::too_many_arguments)]
 fn fire_deadlines(
     bound: EventTime,
     deadlines: &mut BTreeMap<EventTime, Vec<u32>>,
@@ -215,6 +298,7 @@ fn fire_deadlines(
         EventTime,
         timely::container::CapacityContainerBuilder<Vec<SinkEvent>>,
     >,
+    checkpointer: &mut Option<crate::checkpoint::Checkpointer>,
 ) {
     let Some(cap) = deadline_capability.as_mut() else { return };
     while let Some(entry) = deadlines.first_entry() {
@@ -222,7 +306,12 @@ fn fire_deadlines(
         if deadline >= bound {
             break;
         }
-        for index in entry.remove() {
+        // Firing changes the state at `deadline`: the boundaries up to it are registered first.
+        if let Some(c) = checkpointer.as_mut() {
+            c.before(deadline, || snapshot(sensors, deadlines));
+        }
+        let due = deadlines.remove(&deadline).expect("the first entry exists");
+        for index in due {
             let sensor = &mut sensors[index as usize];
             sensor.scheduled = false;
             let due = sensor.monitor.last_ts().map(|t| t.saturating_add(silence_ms));

@@ -10,6 +10,7 @@
 //! render it as RFC 3339 UTC with milliseconds ([`time::format_rfc3339_millis`]).
 
 pub mod anomaly;
+pub mod checkpoint;
 pub mod dead_letter;
 pub mod decode;
 pub mod drift;

@@ -49,7 +49,7 @@ impl Transition {
 }
 
 /// An episode in progress.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OpenEpisode {
     pub started_at: EventTime,
     pub severity: Severity,
@@ -61,7 +61,7 @@ pub struct OpenEpisode {
 }
 
 /// One detector's episode state for one sensor or asset.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpisodeTracker {
     open: Option<OpenEpisode>,
 }

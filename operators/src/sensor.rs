@@ -56,8 +56,8 @@ pub const STUCK_DETECTOR: &str = "stuck";
 /// How many recent readings a sensor remembers to recognise a late exact repeat.
 const RECENT: usize = 32;
 
-/// The state of one sensor.
-#[derive(Debug, Clone)]
+/// The state of one sensor (serialisable: checkpoints carry it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SensorState {
     detector: RobustZ,
     /// The newest on-time timestamp, and the values already accepted at it: on-time readings

@@ -90,15 +90,15 @@ fn every_table_exists_with_its_primary_key_and_time_indexes() {
     });
     let expected: BTreeMap<String, Vec<String>> = [
         ("anomalies", &["event_id"][..]),
+        ("checkpoint_parts", &["generation", "worker", "component", "from_boundary"]),
+        ("checkpoint_workers", &["generation", "worker"]),
         ("dead_letters", &["dead_letter_id"]),
         ("drift_events", &["event_id"]),
         ("model_versions", &["model", "version", "status"]),
-        ("operator_checkpoints", &["operator", "worker"]),
         ("readings", &["sensor_id", "ts", "value"]),
         ("readings_1m", &["sensor_id", "minute"]),
         ("schema_migrations", &["version"]),
         ("sensors", &["sensor_id"]),
-        ("source_offsets", &["source", "partition"]),
     ]
     .into_iter()
     .map(|(table, columns)| (table.to_owned(), columns.iter().map(|c| c.to_string()).collect()))

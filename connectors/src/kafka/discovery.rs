@@ -38,6 +38,9 @@ pub struct Found {
     pub end: Option<i64>,
     /// Whether `start` came from a committed offset.
     pub resumed: bool,
+    /// Where `start_from` alone would start (the group's commits ignored): with checkpoints,
+    /// a partition the checkpoint does not know starts here.
+    pub fresh_start: i64,
 }
 
 /// What the discovery thread reports.
@@ -183,7 +186,18 @@ fn round<C: ConsumerContext>(
             },
         };
         tracing::info!(worker_id = worker, topic, partition, start, resumed, low, high, "partition assigned");
-        out.push(Found { topic_index, partition, start, end: options.stop_at_end.then_some(high), resumed });
+        let fresh_start = match options.start_from {
+            StartFrom::Earliest => low,
+            StartFrom::Latest => high,
+        };
+        out.push(Found {
+            topic_index,
+            partition,
+            start,
+            end: options.stop_at_end.then_some(high),
+            resumed,
+            fresh_start,
+        });
     }
     Ok(out)
 }

@@ -2,6 +2,7 @@
 //! watermark per partition, prefetch bounded, and offsets committed only once every durable
 //! sink has the results of the records before them (ARCHITECTURE.md §2).
 
+pub mod checkpoint;
 pub mod committer;
 pub use millstream_kafka::diagnostics;
 pub mod discovery;

@@ -3,12 +3,14 @@
 //! partition, the offsets whose results every durable sink has.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::decode::decode_json;
 use millstream_events::time::now_ms;
 use millstream_events::{
@@ -25,6 +27,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::scheduling::SyncActivator;
 
+use super::checkpoint::{InFlight, Replay, Replayed, SavedPartition, COMPONENT};
 use super::committer::Committer;
 use super::diagnostics::{self, ConnectionLog, Throttle};
 use super::discovery::{self, Discovery, Found};
@@ -237,18 +240,46 @@ struct Partition {
     ledger: OffsetLedger,
     /// Started from the group's committed offset.
     resumed: bool,
+    /// Restored from a checkpoint: the records read again up to where the checkpoint stood.
+    replay: Option<Replay>,
+    /// With checkpoints: the records emitted at times the source's capability has not passed.
+    flight: VecDeque<InFlight>,
 }
 
 impl Partition {
-    fn new(found: &Found, topic: &str, time: &TimeModel, floor: EventTime) -> Self {
+    fn new(
+        found: &Found,
+        topic: &str,
+        time: &TimeModel,
+        floor: EventTime,
+        restore: Option<&Restore>,
+    ) -> Self {
         // A partition joining a running source starts at the source's capability: it must
         // not emit before times that may already have been passed.
-        let watermark = if floor == 0 {
+        let mut watermark = if floor == 0 {
             time.watermark()
         } else {
             Watermark::resume(Some(floor + time.allowed_lateness_ms), time.allowed_lateness_ms)
                 .with_max_future(time.max_future_ms)
         };
+        let mut found = found.clone();
+        let mut replay = None;
+        if let Some(restore) = restore {
+            // With checkpoints the group's commits are for monitoring only: a partition starts
+            // where the checkpoint stood, or (unknown to it) where `start_from` says.
+            found.resumed = false;
+            match restore.partitions.get(&(topic.to_owned(), found.partition)) {
+                Some(saved) => {
+                    let (start, replaying) = saved.resume(restore.boundary);
+                    found.start = start;
+                    replay = replaying;
+                    watermark = Watermark::resume(saved.max_seen, time.allowed_lateness_ms)
+                        .with_max_future(time.max_future_ms);
+                }
+                None => found.start = found.fresh_start,
+            }
+        }
+        let found = &found;
         Partition {
             topic_index: found.topic_index,
             topic: Arc::from(topic),
@@ -263,6 +294,25 @@ impl Partition {
             last_record: Instant::now(),
             ledger: OffsetLedger::default(),
             resumed: found.resumed,
+            replay,
+            flight: VecDeque::new(),
+        }
+    }
+
+    /// The partition as a checkpoint at `boundary` saves it.
+    fn saved(&self, boundary: EventTime) -> SavedPartition {
+        SavedPartition {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            next_offset: self.replay.as_ref().map_or(self.next_offset, |r| r.until.max(self.next_offset)),
+            max_seen: self.watermark.max_seen(),
+            in_flight: self
+                .flight
+                .iter()
+                .copied()
+                .filter(|e| e.stamp >= boundary)
+                .chain(self.replay.iter().flat_map(|r| r.entries.iter().copied()))
+                .collect(),
         }
     }
 
@@ -327,9 +377,28 @@ pub fn kafka_source<'scope>(
     input: Arc<KafkaInput>,
     time: TimeModel,
     durable: ProbeHandle<EventTime>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Result<(Stream<'scope, EventTime, Vec<Ingested>>, KafkaSourceHandle), KafkaError> {
     let (worker, peers) = (scope.index(), scope.peers());
     let options = input.options.clone();
+    let restore = match &checkpoints {
+        Some((checkpointing, _)) => {
+            let mut partitions = std::collections::HashMap::new();
+            if let Some(restored) = &checkpointing.restored {
+                for bytes in restored.states(COMPONENT) {
+                    let saved: Vec<SavedPartition> = millstream_events::checkpoint::decode(COMPONENT, bytes)
+                        .unwrap_or_else(|e| fatal(&format!("kafka source: {e}")));
+                    for p in saved {
+                        if discovery::owner(&p.topic, p.partition, peers) == worker {
+                            partitions.insert((p.topic.clone(), p.partition), p);
+                        }
+                    }
+                }
+            }
+            Some(Restore { boundary: checkpointing.restored_boundary().unwrap_or(0), partitions })
+        }
+        None => None,
+    };
     let mut config = options.client.clone();
     config
         .set("group.id", &options.group_id)
@@ -404,6 +473,12 @@ pub fn kafka_source<'scope>(
             _stop_discovery: stop,
         });
         let activator = scope.activator_for(Rc::clone(&info.address));
+        let mut capability = capability;
+        // Restored at boundary B: records of B and later are emitted again, and the first
+        // downgrade (to B) registers the source's state at B.
+        if let Some(boundary) = restore.as_ref().map(|r| r.boundary).filter(|b| *b > 0) {
+            capability.downgrade(&(boundary - 1));
+        }
         let mut capability: Option<Capability<EventTime>> = Some(capability);
         let mut last_commit = Instant::now();
         let mut last_tick = Instant::now();
@@ -420,7 +495,7 @@ pub fn kafka_source<'scope>(
                     Discovery::Partitions(found) => {
                         for f in &found {
                             let topic = &options.topics[f.topic_index];
-                            let partition = Partition::new(f, topic, &time, *cap.time());
+                            let partition = Partition::new(f, topic, &time, *cap.time(), restore.as_ref());
                             if partition.resumed {
                                 reader.committer.already_committed(&partition.topic, f.partition, f.start);
                             }
@@ -448,14 +523,14 @@ pub fn kafka_source<'scope>(
             // Messages that reached the consumer's queue before their partition's own queue
             // existed come first: they are older than anything in the partition queue. (This
             // also serves librdkafka's log lines and error events.)
-            drain_main_queue(reader, &time, *cap.time(), &mut stamped);
+            drain_main_queue(reader, &time, *cap.time(), &mut stamped, checkpoints.is_some());
             reader.consumer.context().end_if_refused();
             if changed {
                 if let Err(e) = reader.reassign(&wake) {
                     tracing::error!(worker_id = worker, error = %e, "cannot assign partitions; retrying");
                     activator.activate_after(Duration::from_secs(1));
                 }
-                drain_main_queue(reader, &time, *cap.time(), &mut stamped);
+                drain_main_queue(reader, &time, *cap.time(), &mut stamped, checkpoints.is_some());
             }
 
             // Read, within the in-flight budget. Over budget, only the partitions holding the
@@ -485,7 +560,9 @@ pub fn kafka_source<'scope>(
                         None => break,
                         Some(Ok(message)) => {
                             read += 1;
-                            if let Some((t, item)) = ingest(&message, p, &time, *cap.time()) {
+                            if let Some((t, item)) =
+                                ingest(&message, p, &time, *cap.time(), checkpoints.is_some())
+                            {
                                 batch_max = Some(batch_max.map_or(t, |m: EventTime| m.max(t)));
                                 records += 1;
                                 stamped.push((t, item));
@@ -493,6 +570,8 @@ pub fn kafka_source<'scope>(
                         }
                         Some(Err(KafkaError::PartitionEOF(_))) => {
                             p.at_end = true;
+                            // Whatever the replay still expected is no longer in the log.
+                            p.replay = None;
                             if p.end.is_some() {
                                 p.done = true;
                             }
@@ -583,11 +662,32 @@ pub fn kafka_source<'scope>(
                 // Owning nothing, this worker must not hold the others back.
                 time.epoch(now_ms().saturating_sub(time.allowed_lateness_ms))
             } else {
-                live.iter().map(|p| time.epoch(p.watermark.time())).min().expect("non-empty")
+                live.iter()
+                    .map(|p| match &p.replay {
+                        // Replayed records carry their times, none before the boundary.
+                        Some(_) => restore.as_ref().map_or(0, |r| r.boundary),
+                        None => time.epoch(p.watermark.time()),
+                    })
+                    .min()
+                    .expect("non-empty")
             };
             if hold > *cap.time() {
+                if let (Some((checkpointing, registry)), true) = (&checkpoints, reader.discovered) {
+                    register_boundaries(
+                        checkpointing.interval_ms,
+                        registry,
+                        &reader.partitions,
+                        *cap.time(),
+                        hold,
+                    );
+                }
                 cap.downgrade(&hold);
                 input.observer.watermark(worker, hold);
+                if checkpoints.is_some() {
+                    for p in &mut reader.partitions {
+                        p.flight.retain(|e| e.stamp >= hold);
+                    }
+                }
             }
             activator.activate_after(TICK.min(options.commit_interval));
         }
@@ -601,6 +701,7 @@ fn drain_main_queue(
     time: &TimeModel,
     floor: EventTime,
     stamped: &mut Vec<(EventTime, Ingested)>,
+    track_flight: bool,
 ) {
     let consumer = Arc::clone(&reader.consumer);
     while let Some(result) = consumer.poll(Duration::ZERO) {
@@ -613,7 +714,7 @@ fn drain_main_queue(
             continue;
         };
         p.last_record = Instant::now();
-        if let Some((t, item)) = ingest(&message, p, time, floor) {
+        if let Some((t, item)) = ingest(&message, p, time, floor, track_flight) {
             p.ledger.push(t, p.next_offset, 1);
             stamped.push((t, item));
         }
@@ -627,6 +728,7 @@ fn ingest(
     p: &mut Partition,
     time: &TimeModel,
     floor: EventTime,
+    track_flight: bool,
 ) -> Option<(EventTime, Ingested)> {
     let offset = message.offset();
     if offset < p.next_offset {
@@ -634,12 +736,37 @@ fn ingest(
     }
     p.next_offset = offset + 1;
     p.at_end = false;
+    let replayed = match p.replay.as_mut().map(|r| r.next(offset)) {
+        Some(Replayed::Emit { stamp, late }) => Some((stamp, late)),
+        Some(Replayed::Skip) => None,
+        Some(Replayed::Done) => {
+            p.replay = None;
+            None
+        }
+        None => None,
+    };
+    let skipped = p.replay.is_some() && replayed.is_none();
+    if p.replay.as_ref().is_some_and(|r| p.next_offset >= r.until) {
+        p.replay = None;
+    }
+    if skipped {
+        return None;
+    }
     let payload = message.payload().unwrap_or(&[]);
     let (stamp, item) = match decode_json(payload) {
         Ok(reading) => {
-            let arrival = p.watermark.arrive(reading.ts);
-            let late = arrival == millstream_events::Arrival::Late;
-            let stamp = arrival.stamp(reading.ts, p.watermark.time());
+            // A replayed record keeps the time and lateness it had: the watermark restored
+            // already counts it.
+            let (stamp, late) = match replayed {
+                Some(again) => again,
+                None => {
+                    let arrival = p.watermark.arrive(reading.ts);
+                    (
+                        arrival.stamp(reading.ts, p.watermark.time()),
+                        arrival == millstream_events::Arrival::Late,
+                    )
+                }
+            };
             let origin = p.origin(offset);
             (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
         }
@@ -653,7 +780,38 @@ fn ingest(
             }),
         ),
     };
-    Some((time.epoch(stamp).max(floor), item))
+    let stamp = match replayed {
+        Some((again, _)) => again,
+        None => time.epoch(stamp).max(floor),
+    };
+    if track_flight {
+        let late = matches!(&item, Ingested::Accepted(a) if a.late);
+        p.flight.push_back(InFlight { offset, stamp, late });
+    }
+    Some((stamp, item))
+}
+
+/// Registers the source's state for the boundaries its capability passes moving from `from`
+/// to `to`: the same positions for each, with the records in flight at or after the first.
+fn register_boundaries(
+    interval_ms: u64,
+    registry: &millstream_events::checkpoint::SharedRegistry,
+    partitions: &[Partition],
+    from: EventTime,
+    to: EventTime,
+) {
+    let first = millstream_events::checkpoint::boundary_after(from, interval_ms);
+    if first > to {
+        return;
+    }
+    let last = millstream_events::checkpoint::boundary_at_or_before(to, interval_ms);
+    let saved: Vec<SavedPartition> = partitions.iter().map(|p| p.saved(first)).collect();
+    registry.borrow_mut().register(millstream_events::checkpoint::Part {
+        component: COMPONENT,
+        from: first,
+        to: last,
+        state: millstream_events::checkpoint::encode(&saved),
+    });
 }
 
 fn report_lag(reader: &Reader, observer: &dyn KafkaSourceObserver) {
@@ -674,4 +832,10 @@ fn report_lag(reader: &Reader, observer: &dyn KafkaSourceObserver) {
             .then(|| (high - p.next_offset).max(0));
         observer.lag(&p.topic, p.partition, lag);
     }
+}
+
+/// What a source restores: the boundary, and the saved partitions it owns now.
+struct Restore {
+    boundary: EventTime,
+    partitions: std::collections::HashMap<(String, i32), SavedPartition>,
 }

@@ -114,7 +114,7 @@ impl<'de> Deserialize<'de> for QualityFlags {
 
 /// What one sensor's validation remembers: its last accepted on-time reading, the base of
 /// the rate-of-change check.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct ValidationState {
     last: Option<(EventTime, f64)>,
 }

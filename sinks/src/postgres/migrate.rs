@@ -51,6 +51,11 @@ impl Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") },
     Migration { version: 2, name: "drift", sql: include_str!("../../../migrations/0002_drift.sql") },
+    Migration {
+        version: 3,
+        name: "checkpoints",
+        sql: include_str!("../../../migrations/0003_checkpoints.sql"),
+    },
 ];
 
 /// The key of the advisory lock held while migrating (the bytes of "millstrm").

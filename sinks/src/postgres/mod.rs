@@ -5,6 +5,7 @@
 //! retention when the extension can be used, plain PostgreSQL tables with BRIN time indexes
 //! otherwise.
 
+pub mod checkpoint;
 pub mod connect;
 pub mod migrate;
 pub mod writer;

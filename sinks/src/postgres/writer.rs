@@ -35,6 +35,28 @@ pub struct PgBatch {
     pub minutes: Vec<MinuteRow>,
     pub drift: Vec<DriftEvent>,
     pub model_versions: Vec<ModelVersionEvent>,
+    /// The worker's checkpoint, committed with these rows (see [`CheckpointCommit`]).
+    pub checkpoint: Option<CheckpointCommit>,
+}
+
+/// A worker's checkpoint: the state parts its components registered since its last one, and
+/// the boundary up to which every boundary is now complete for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointCommit {
+    pub generation: i64,
+    pub worker: usize,
+    /// Workers in the cluster: a generation is restorable once this many have a row.
+    pub workers: usize,
+    pub covered_to: u64,
+    pub parts: Vec<millstream_events::checkpoint::Part>,
+}
+
+impl CheckpointCommit {
+    /// Folds a later checkpoint of the same worker into this one (both go in one transaction).
+    pub fn absorb(&mut self, later: CheckpointCommit) {
+        self.covered_to = self.covered_to.max(later.covered_to);
+        self.parts.extend(later.parts);
+    }
 }
 
 impl PgBatch {
@@ -48,7 +70,7 @@ impl PgBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows() == 0
+        self.rows() == 0 && self.checkpoint.is_none()
     }
 
     pub fn clear(&mut self) {
@@ -58,6 +80,7 @@ impl PgBatch {
         self.minutes.clear();
         self.drift.clear();
         self.model_versions.clear();
+        self.checkpoint = None;
     }
 }
 
@@ -385,6 +408,9 @@ async fn attempt(
                 &[&sensors, &minutes, &counts, &means, &mins, &maxs, &stddevs],
             )
             .await?;
+    }
+    if let Some(checkpoint) = &batch.checkpoint {
+        super::checkpoint::commit(&transaction, checkpoint).await?;
     }
     transaction.commit().await?;
     Ok(replayed)

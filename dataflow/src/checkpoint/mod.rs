@@ -1,0 +1,183 @@
+//! Checkpoints of the dataflow's state, committed with the rows by each worker's PostgreSQL
+//! sink, restored when a run starts.
+//!
+//! - **What is saved.** At every boundary (a multiple of `[checkpoint] interval_ms` of event
+//!   time) each stateful component of a worker registers its state as of that boundary: the Kafka
+//!   source its partitions' positions, watermarks and the records it emitted at or after the
+//!   boundary; the sensor stage every sensor's validation, detector and episode state; the
+//!   `readings_1m` stage its open minutes. Components keep registering from their first input,
+//!   holding a capability at their next boundary so that the sink cannot pass a boundary before
+//!   they have registered it.
+//! - **When.** The worker's sink, once its frontier has passed a boundary, commits every part
+//!   registered so far and the boundary it now covers, in the transaction of its rows.
+//! - **Restore.** A run starts at the newest boundary that every worker of the last complete
+//!   run covered. Every worker reads every old worker's parts and keeps the keys it owns under
+//!   the new number of workers (sensors by their exchange hash, partitions by their owner), so
+//!   a run may restart with another number of workers or processes. The source re-reads from
+//!   the oldest record still in flight at the boundary and emits again exactly the records that
+//!   were emitted at or after it, at the same times; everything after continues as before.
+//!   Rows written after the boundary by the crashed run are written again, identically, and
+//!   the sink's idempotent writes keep one copy.
+
+pub mod settings;
+
+use millstream_events::checkpoint::{boundary_after, boundary_at_or_before, Part, SharedRegistry};
+use millstream_events::EventTime;
+use timely::dataflow::operators::Capability;
+
+pub use settings::CheckpointSettings;
+
+pub use millstream_events::checkpoint::{decode, encode};
+
+/// Decodes every old worker's part of `component`, or ends the run: a checkpoint that cannot
+/// be read must not be silently replaced by empty state.
+pub fn restore_parts<T: serde::de::DeserializeOwned>(
+    checkpointing: Option<&millstream_events::checkpoint::Checkpointing>,
+    component: &str,
+) -> Vec<T> {
+    let Some(restored) = checkpointing.and_then(|c| c.restored.as_ref()) else { return Vec::new() };
+    restored
+        .states(component)
+        .iter()
+        .map(|bytes| decode(component, bytes).unwrap_or_else(|e| crate::fatal(&e)))
+        .collect()
+}
+
+/// A frontier-driven operator's side of checkpointing: the next boundary to register, and a
+/// capability held there.
+pub struct Checkpointer {
+    component: &'static str,
+    interval_ms: u64,
+    registry: SharedRegistry,
+    next: Option<EventTime>,
+    capability: Option<Capability<EventTime>>,
+}
+
+impl Checkpointer {
+    /// `restored`: the boundary the run restored, when this component had state there; it
+    /// registers from that boundary on, holding `initial` (the operator's initial capability)
+    /// there. Otherwise it starts with its first input ([`Self::on_input`]).
+    pub fn new(
+        component: &'static str,
+        interval_ms: u64,
+        registry: SharedRegistry,
+        restored: Option<EventTime>,
+        initial: Capability<EventTime>,
+    ) -> Self {
+        let capability = restored.map(|b| {
+            let mut cap = initial;
+            cap.downgrade(&b);
+            cap
+        });
+        Checkpointer { component, interval_ms, registry, next: restored, capability }
+    }
+
+    /// An input at `time` with its capability: the first one starts the registering (the
+    /// boundaries up to it had empty state, which needs no part).
+    pub fn on_input(
+        &mut self,
+        capability: &timely::dataflow::operators::InputCapability<EventTime>,
+        time: EventTime,
+    ) {
+        if self.next.is_none() {
+            let next = boundary_after(time, self.interval_ms);
+            self.next = Some(next);
+            self.capability = Some(capability.delayed(&next, 0));
+        }
+    }
+
+    /// The state is about to change at `time`: registers the boundaries passed before it,
+    /// at which the state is what it is now.
+    pub fn before(&mut self, time: EventTime, snapshot: impl FnOnce() -> Vec<u8>) {
+        let Some(next) = self.next else { return };
+        if next > time {
+            return;
+        }
+        let to = boundary_at_or_before(time, self.interval_ms);
+        self.registry.borrow_mut().register(Part {
+            component: self.component,
+            from: next,
+            to,
+            state: snapshot(),
+        });
+        self.next = Some(to + self.interval_ms);
+    }
+
+    /// Everything before `frontier` is applied: registers the boundaries up to it and holds the
+    /// capability at the next one. An empty frontier (the input ended) ends the registering.
+    pub fn passed(
+        &mut self,
+        frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
+        snapshot: impl FnOnce() -> Vec<u8>,
+    ) {
+        let Some(&f) = frontier.first() else {
+            self.capability = None;
+            self.next = None;
+            return;
+        };
+        self.before(f, snapshot);
+        if let (Some(next), Some(cap)) = (self.next, self.capability.as_mut()) {
+            cap.downgrade(&next);
+        }
+    }
+}
+
+/// Checks that a run can checkpoint and reads the checkpoint to restore. `None` when
+/// checkpoints are off.
+pub fn prepare(
+    settings: &CheckpointSettings,
+    source: &crate::source::SourceSpec,
+    sinks: &[millstream_sinks::SinkSpec],
+    models: &crate::models::ModelsSettings,
+    postgres: &crate::pg_sink::PgSinkSettings,
+    cluster: &crate::run::ClusterOptions,
+) -> anyhow::Result<Option<std::sync::Arc<millstream_events::checkpoint::Checkpointing>>> {
+    let CheckpointSettings { interval_ms } = settings;
+    if !settings.enabled() {
+        return Ok(None);
+    }
+    if !matches!(source, crate::source::SourceSpec::Kafka(_)) {
+        anyhow::bail!(
+            "[checkpoint] needs a kafka:// source: a file or the simulator is read from its start by every run"
+        );
+    }
+    let urls: Vec<&String> = sinks
+        .iter()
+        .filter_map(|s| match s {
+            millstream_sinks::SinkSpec::Postgres(url) => Some(url),
+            _ => None,
+        })
+        .collect();
+    let [url] = urls.as_slice() else {
+        anyhow::bail!(
+            "[checkpoint] needs exactly one postgres:// sink (checkpoints are committed with its rows); got {}",
+            urls.len()
+        );
+    };
+    if models.store.is_some() {
+        anyhow::bail!(
+            "[checkpoint] does not cover the per-asset models and drift stages yet: run without [models], \
+             or without [checkpoint] (at-least-once, idempotent rows)"
+        );
+    }
+    let found = millstream_sinks::postgres::checkpoint::load_blocking(url, postgres.password.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match &found.restored {
+        // At `warn`, the default level: resuming is what an operator looks for after a crash.
+        Some(restored) => tracing::warn!(
+            boundary = restored.boundary,
+            generation = restored.generation,
+            components = restored.parts.len(),
+            process = cluster.process,
+            "restored checkpoint"
+        ),
+        None => {
+            tracing::info!(process = cluster.process, "no checkpoint to restore; starting from the beginning")
+        }
+    }
+    Ok(Some(std::sync::Arc::new(millstream_events::checkpoint::Checkpointing {
+        interval_ms: *interval_ms,
+        generation: found.generation,
+        restored: found.restored,
+    })))
+}
