@@ -93,14 +93,16 @@ impl Checkpointer {
         if next > time {
             return;
         }
-        let to = boundary_at_or_before(time, self.interval_ms);
+        // `next` is off the grid only right after a restore written with another interval:
+        // the restored boundary, then the grid's boundaries after it.
+        let to = boundary_at_or_before(time, self.interval_ms).max(next);
         self.registry.borrow_mut().register(Part {
             component: self.component,
             from: next,
             to,
             state: snapshot(),
         });
-        self.next = Some(to + self.interval_ms);
+        self.next = Some(boundary_after(to, self.interval_ms));
     }
 
     /// Everything before `frontier` is applied: registers the boundaries up to it and holds the
@@ -180,4 +182,54 @@ pub fn prepare(
         generation: found.generation,
         restored: found.restored,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceSpec;
+    use millstream_sinks::SinkSpec;
+
+    fn prepare_with(
+        source: &str,
+        sinks: &[&str],
+        models: crate::models::ModelsSettings,
+    ) -> anyhow::Result<Option<std::sync::Arc<millstream_events::checkpoint::Checkpointing>>> {
+        let source: SourceSpec = source.parse().unwrap();
+        let sinks: Vec<SinkSpec> = sinks.iter().map(|s| s.parse().unwrap()).collect();
+        prepare(
+            &CheckpointSettings { interval_ms: 10_000 },
+            &source,
+            &sinks,
+            &models,
+            &Default::default(),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn off_by_default_and_refused_where_it_cannot_hold() {
+        let off = prepare(
+            &CheckpointSettings::default(),
+            &"file:x.jsonl".parse().unwrap(),
+            &[],
+            &Default::default(),
+            &Default::default(),
+            &Default::default(),
+        );
+        assert!(off.unwrap().is_none());
+        let pg = "postgres://u@127.0.0.1:1/db";
+        let e = prepare_with("file:x.jsonl", &[pg], Default::default()).unwrap_err().to_string();
+        assert!(e.contains("needs a kafka:// source"), "{e}");
+        let e = prepare_with("kafka://127.0.0.1:1/t", &["null"], Default::default()).unwrap_err().to_string();
+        assert!(e.contains("exactly one postgres:// sink") && e.contains("got 0"), "{e}");
+        let e = prepare_with("kafka://127.0.0.1:1/t", &[pg, pg], Default::default()).unwrap_err().to_string();
+        assert!(e.contains("got 2"), "{e}");
+        let models = crate::models::ModelsSettings {
+            store: Some(millstream_connectors::model_store::ModelStoreConfig::new("file:///tmp/models")),
+            ..Default::default()
+        };
+        let e = prepare_with("kafka://127.0.0.1:1/t", &[pg], models).unwrap_err().to_string();
+        assert!(e.contains("models and drift"), "{e}");
+    }
 }
