@@ -28,6 +28,9 @@ pub struct KafkaSettings {
     /// Records read but not yet durable in every sink, per worker, before reading pauses:
     /// the bound on memory under lag.
     pub max_in_flight_records: usize,
+    /// The same bound in message bytes (payloads), per worker: large records (dead letters
+    /// carry theirs whole to the sink) must not multiply the record bound's memory.
+    pub max_in_flight_bytes: usize,
     /// How often durable offsets are committed, in ms.
     pub commit_interval_ms: u64,
     /// How often topic metadata is read again to pick up new partitions, in ms.
@@ -58,6 +61,7 @@ impl Default for KafkaSettings {
             allowed_lateness_ms: None,
             idle_timeout_ms: 30_000,
             max_in_flight_records: 500_000,
+            max_in_flight_bytes: 64 << 20,
             commit_interval_ms: 1_000,
             metadata_refresh_ms: 30_000,
             notification_topic: topics.notifications,
@@ -153,6 +157,7 @@ impl KafkaSettings {
             allowed_lateness_ms: _,
             idle_timeout_ms: _,
             max_in_flight_records: _,
+            max_in_flight_bytes: _,
             commit_interval_ms: _,
             metadata_refresh_ms: _,
             notification_topic: _,
@@ -233,12 +238,16 @@ impl KafkaSettings {
         if self.max_in_flight_records == 0 {
             return Err(ConfigError::Invalid("kafka.max_in_flight_records: must be at least 1".to_owned()));
         }
+        if self.max_in_flight_bytes == 0 {
+            return Err(ConfigError::Invalid("kafka.max_in_flight_bytes: must be at least 1".to_owned()));
+        }
         Ok(KafkaSourceOptions {
             topics,
             group_id: self.group_id.clone(),
             start_from: self.start_from,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_in_flight_records: self.max_in_flight_records,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
             metadata_refresh: Duration::from_millis(self.metadata_refresh_ms.max(100)),
             stop_at_end,

@@ -19,6 +19,8 @@ pub struct OffsetLedger {
     batches: VecDeque<Batch>,
     /// Records in `batches`: the partition's share of the source's in-flight budget.
     records: usize,
+    /// Their message bytes: the partition's share of the in-flight byte budget.
+    bytes: usize,
     /// The offset up to which (exclusive) everything is durable, if anything has been.
     durable: Option<i64>,
 }
@@ -28,6 +30,7 @@ struct Batch {
     max_time: EventTime,
     next_offset: i64,
     records: usize,
+    bytes: usize,
     /// When the batch was read: its records' ingest → durable latency ends when it is popped.
     read_at: std::time::Instant,
 }
@@ -37,16 +40,28 @@ impl OffsetLedger {
     /// largest time is `max_time`. A batch may be empty (`records == 0`): skipped offsets
     /// (transaction markers, compaction) still move the commit point once durable.
     pub fn push(&mut self, max_time: EventTime, next_offset: i64, records: usize) {
+        self.push_bytes(max_time, next_offset, records, 0);
+    }
+
+    /// As [`Self::push`], with the batch's message bytes.
+    pub fn push_bytes(&mut self, max_time: EventTime, next_offset: i64, records: usize, bytes: usize) {
+        self.records += records;
+        self.bytes += bytes;
         if let Some(last) = self.batches.back_mut() {
             if last.max_time == max_time {
                 last.next_offset = next_offset;
                 last.records += records;
-                self.records += records;
+                last.bytes += bytes;
                 return;
             }
         }
-        self.batches.push_back(Batch { max_time, next_offset, records, read_at: std::time::Instant::now() });
-        self.records += records;
+        self.batches.push_back(Batch {
+            max_time,
+            next_offset,
+            records,
+            bytes,
+            read_at: std::time::Instant::now(),
+        });
     }
 
     /// Drops the durable prefix (batches whose largest time `durable` has passed) and
@@ -71,6 +86,7 @@ impl OffsetLedger {
                 durable_after(front.read_at.elapsed(), front.records);
             }
             self.records -= front.records;
+            self.bytes -= front.bytes;
             moved = Some(front.next_offset);
             self.batches.pop_front();
         }
@@ -88,6 +104,11 @@ impl OffsetLedger {
     /// Records emitted and not yet durable.
     pub fn in_flight(&self) -> usize {
         self.records
+    }
+
+    /// Message bytes emitted and not yet durable.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -114,6 +135,19 @@ mod tests {
         assert_eq!(ledger.advance(frontier(31).borrow()), Some(12));
         assert_eq!(ledger.durable(), Some(12));
         assert_eq!(ledger.in_flight(), 0);
+    }
+
+    #[test]
+    fn bytes_in_flight_follow_the_records() {
+        let mut ledger = OffsetLedger::default();
+        ledger.push_bytes(10, 2, 2, 2_000);
+        ledger.push_bytes(10, 3, 1, 500_000);
+        ledger.push_bytes(20, 4, 1, 100);
+        assert_eq!(ledger.in_flight_bytes(), 502_100);
+        ledger.advance(frontier(11).borrow());
+        assert_eq!((ledger.in_flight(), ledger.in_flight_bytes()), (1, 100));
+        ledger.advance(Antichain::new().borrow());
+        assert_eq!(ledger.in_flight_bytes(), 0);
     }
 
     #[test]

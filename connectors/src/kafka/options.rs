@@ -27,6 +27,8 @@ pub struct KafkaSourceOptions {
     pub idle_timeout: Duration,
     /// Records read but not yet durable in every sink, per worker, before reading pauses.
     pub max_in_flight_records: usize,
+    /// Message bytes read but not yet durable in every sink, per worker, before reading pauses.
+    pub max_in_flight_bytes: usize,
     /// How often durable offsets are committed.
     pub commit_interval: Duration,
     /// How often topic metadata is read again, to pick up partitions added at runtime.
@@ -46,6 +48,7 @@ impl std::fmt::Debug for KafkaSourceOptions {
             .field("start_from", &self.start_from)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_in_flight_records", &self.max_in_flight_records)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("commit_interval", &self.commit_interval)
             .field("metadata_refresh", &self.metadata_refresh)
             .field("stop_at_end", &self.stop_at_end)

@@ -42,6 +42,10 @@ const PARTITION_BITS: u32 = 20;
 /// others or the rest of the worker.
 const READ_BUDGET: usize = 4_096;
 
+/// In-flight records a partition lists (with checkpoints) before those the capability has
+/// passed are dropped, between boundaries.
+const FLIGHT_PRUNE_AT: usize = 1 << 16;
+
 /// How often lag and idleness are looked at when nothing else wakes the operator.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -271,12 +275,29 @@ impl Partition {
             match restore.partitions.get(&(topic.to_owned(), found.partition)) {
                 Some(saved) => {
                     let (start, replaying) = saved.resume(restore.boundary);
+                    tracing::info!(
+                        topic,
+                        partition = found.partition,
+                        start,
+                        replay_until = replaying.as_ref().map(|r| r.until),
+                        replayed = replaying.as_ref().map_or(0, |r| r.entries.len()),
+                        boundary = restore.boundary,
+                        "partition restored from the checkpoint"
+                    );
                     found.start = start;
                     replay = replaying;
                     watermark = Watermark::resume(saved.max_seen, time.allowed_lateness_ms)
                         .with_max_future(time.max_future_ms);
                 }
-                None => found.start = found.fresh_start,
+                None => {
+                    tracing::info!(
+                        topic,
+                        partition = found.partition,
+                        start = found.fresh_start,
+                        "partition not in the checkpoint: starting where start_from says"
+                    );
+                    found.start = found.fresh_start;
+                }
             }
         }
         let found = &found;
@@ -537,13 +558,15 @@ pub fn kafka_source<'scope>(
             // watermark back are read: records become durable only as the frontier moves, and
             // only they can move it. Pausing them too would wait forever.
             let in_flight: usize = reader.partitions.iter().map(|p| p.ledger.in_flight()).sum();
-            let over_budget = in_flight >= options.max_in_flight_records;
+            let in_flight_bytes: usize = reader.partitions.iter().map(|p| p.ledger.in_flight_bytes()).sum();
+            let over_budget =
+                in_flight >= options.max_in_flight_records || in_flight_bytes >= options.max_in_flight_bytes;
             let laggard =
                 reader.partitions.iter().filter(|p| !p.done).map(|p| time.epoch(p.watermark.time())).min();
             let budget = if over_budget {
                 READ_BUDGET.min(options.max_in_flight_records.max(64))
             } else {
-                READ_BUDGET.min(options.max_in_flight_records - in_flight)
+                READ_BUDGET.min(options.max_in_flight_records.saturating_sub(in_flight).max(1))
             };
             let mut more = false;
             let now = Instant::now();
@@ -555,16 +578,19 @@ pub fn kafka_source<'scope>(
                 let mut read = 0usize;
                 let mut batch_max: Option<EventTime> = None;
                 let mut records = 0usize;
-                while read < budget {
+                let mut bytes = 0usize;
+                while read < budget && bytes < options.max_in_flight_bytes {
                     match queue.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(message)) => {
                             read += 1;
+                            let size = message.payload_len();
                             if let Some((t, item)) =
                                 ingest(&message, p, &time, *cap.time(), checkpoints.is_some())
                             {
                                 batch_max = Some(batch_max.map_or(t, |m: EventTime| m.max(t)));
                                 records += 1;
+                                bytes += size;
                                 stamped.push((t, item));
                             }
                         }
@@ -588,7 +614,7 @@ pub fn kafka_source<'scope>(
                     p.last_record = now;
                 }
                 if records > 0 {
-                    p.ledger.push(batch_max.expect("records were read"), p.next_offset, records);
+                    p.ledger.push_bytes(batch_max.expect("records were read"), p.next_offset, records, bytes);
                     input.observer.consumed(&p.topic, p.partition, records as u64);
                 }
                 if p.end.is_some_and(|end| p.next_offset >= end) {
@@ -672,8 +698,9 @@ pub fn kafka_source<'scope>(
                     .expect("non-empty")
             };
             if hold > *cap.time() {
+                let mut crossed = false;
                 if let (Some((checkpointing, registry)), true) = (&checkpoints, reader.discovered) {
-                    register_boundaries(
+                    crossed = register_boundaries(
                         checkpointing.interval_ms,
                         registry,
                         &reader.partitions,
@@ -683,8 +710,12 @@ pub fn kafka_source<'scope>(
                 }
                 cap.downgrade(&hold);
                 input.observer.watermark(worker, hold);
+                // Records emitted before the capability are in no later checkpoint: drop them
+                // when a boundary passes (or the list grows long), not at every downgrade.
                 if checkpoints.is_some() {
-                    for p in &mut reader.partitions {
+                    for p in
+                        reader.partitions.iter_mut().filter(|p| crossed || p.flight.len() >= FLIGHT_PRUNE_AT)
+                    {
                         p.flight.retain(|e| e.stamp >= hold);
                     }
                 }
@@ -714,8 +745,9 @@ fn drain_main_queue(
             continue;
         };
         p.last_record = Instant::now();
+        let size = message.payload_len();
         if let Some((t, item)) = ingest(&message, p, time, floor, track_flight) {
-            p.ledger.push(t, p.next_offset, 1);
+            p.ledger.push_bytes(t, p.next_offset, 1, size);
             stamped.push((t, item));
         }
     }
@@ -799,10 +831,10 @@ fn register_boundaries(
     partitions: &[Partition],
     from: EventTime,
     to: EventTime,
-) {
+) -> bool {
     let first = millstream_events::checkpoint::boundary_after(from, interval_ms);
     if first > to {
-        return;
+        return false;
     }
     let last = millstream_events::checkpoint::boundary_at_or_before(to, interval_ms);
     let saved: Vec<SavedPartition> = partitions.iter().map(|p| p.saved(first)).collect();
@@ -812,6 +844,7 @@ fn register_boundaries(
         to: last,
         state: millstream_events::checkpoint::encode(&saved),
     });
+    true
 }
 
 fn report_lag(reader: &Reader, observer: &dyn KafkaSourceObserver) {
