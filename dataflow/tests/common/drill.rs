@@ -458,3 +458,55 @@ pub fn mib(kib: u64) -> f64 {
 pub fn secs(d: Option<Duration>) -> String {
     d.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
+
+/// Compares the rows of `query` on `got` and `want`, as [`compare_databases`] compares one table
+/// (`rounded`: the columns equal up to [`ROUNDING`]). Returns one line for the report (labelled
+/// `label`) and whether they are identical.
+pub fn compare_query(got: &str, want: &str, label: &str, query: &str, rounded: &[usize]) -> (String, bool) {
+    let (g, w) = (dump(got, query), dump(want, query));
+    if g == w {
+        return (format!("{label}: {} rows, identical", g.len()), true);
+    }
+    if g.len() == w.len() && g.iter().zip(&w).all(|(a, b)| equal_but_rounding(a, b, rounded)) {
+        let rows = g.iter().zip(&w).filter(|(a, b)| a != b).count();
+        return (
+            format!(
+                "{label}: {} rows, identical but for floating-point rounding in {rows} rows (columns {rounded:?}, \
+                 relative difference ≤ {ROUNDING:e})",
+                g.len()
+            ),
+            true,
+        );
+    }
+    let gs: std::collections::BTreeSet<&String> = g.iter().collect();
+    let ws: std::collections::BTreeSet<&String> = w.iter().collect();
+    let missing: Vec<&&String> = ws.difference(&gs).take(5).collect();
+    let extra: Vec<&&String> = gs.difference(&ws).take(5).collect();
+    (
+        format!(
+            "{label}: DIFFERS: {} rows against {} in the reference; {} missing, {} extra; first missing: \
+             {missing:?}; first extra: {extra:?}",
+            g.len(),
+            w.len(),
+            ws.difference(&gs).count(),
+            gs.difference(&ws).count(),
+        ),
+        false,
+    )
+}
+
+/// [`compare_databases`] for the tables of [`TABLES`] named in `tables` only, in that order.
+pub fn compare_tables(got: &str, want: &str, tables: &[&str]) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    let mut identical = true;
+    for name in tables {
+        let (table, query, rounded) = TABLES
+            .iter()
+            .find(|(t, _, _)| t == name)
+            .unwrap_or_else(|| panic!("no table {name} in drill::TABLES"));
+        let (line, same) = compare_query(got, want, table, query, rounded);
+        lines.push(line);
+        identical &= same;
+    }
+    (lines, identical)
+}
