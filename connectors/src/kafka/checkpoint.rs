@@ -19,8 +19,47 @@ pub struct SavedPartition {
     pub next_offset: i64,
     /// The partition watermark's largest event time seen.
     pub max_seen: Option<EventTime>,
-    /// Records read and emitted at or after the boundary, in offset order.
+    /// Records read and emitted at or after the boundary, in offset order. There can be as
+    /// many as the in-flight budget: stored as varint deltas (a few bytes each, not 17).
+    #[serde(with = "compact")]
     pub in_flight: Vec<InFlight>,
+}
+
+/// [`SavedPartition::in_flight`] as varint-encoded deltas: offsets mostly step by one and
+/// times by little, so most entries take two or three bytes.
+mod compact {
+    use bincode::Options;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::InFlight;
+
+    pub fn serialize<S: Serializer>(entries: &[InFlight], s: S) -> Result<S::Ok, S::Error> {
+        let mut previous = (0i64, 0u64);
+        let deltas: Vec<(i64, i64, bool)> = entries
+            .iter()
+            .map(|e| {
+                let delta = (e.offset.wrapping_sub(previous.0), e.stamp.wrapping_sub(previous.1) as i64, e.late);
+                previous = (e.offset, e.stamp);
+                delta
+            })
+            .collect();
+        let bytes = bincode::DefaultOptions::new().serialize(&deltas).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InFlight>, D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(d)?;
+        let deltas: Vec<(i64, i64, bool)> =
+            bincode::DefaultOptions::new().deserialize(&bytes).map_err(serde::de::Error::custom)?;
+        let mut previous = (0i64, 0u64);
+        Ok(deltas
+            .into_iter()
+            .map(|(offset, stamp, late)| {
+                previous = (previous.0.wrapping_add(offset), previous.1.wrapping_add(stamp as u64));
+                InFlight { offset: previous.0, stamp: previous.1, late }
+            })
+            .collect())
+    }
 }
 
 /// A record emitted at `stamp`, and whether it was late.
@@ -82,6 +121,19 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_lists_round_trip_compactly() {
+        let in_flight: Vec<InFlight> = (0..10_000i64)
+            .map(|i| InFlight { offset: 1_000 + i, stamp: 1_772_323_200_000 + (i as u64 / 7) * 1_000, late: i % 97 == 0 })
+            .chain([InFlight { offset: i64::MAX, stamp: 0, late: false }])
+            .collect();
+        let saved = SavedPartition { topic: "t".into(), partition: 3, next_offset: 20_000, max_seen: Some(5), in_flight };
+        let bytes = millstream_events::checkpoint::encode(&saved);
+        assert!(bytes.len() < 4 * 10_001, "{} bytes for 10 001 entries", bytes.len());
+        let back: SavedPartition = millstream_events::checkpoint::decode(COMPONENT, &bytes).unwrap();
+        assert_eq!(back, saved);
+    }
 
     #[test]
     fn replays_exactly_the_records_at_or_after_the_boundary() {
