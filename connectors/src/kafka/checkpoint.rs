@@ -38,7 +38,8 @@ mod compact {
         let deltas: Vec<(i64, i64, bool)> = entries
             .iter()
             .map(|e| {
-                let delta = (e.offset.wrapping_sub(previous.0), e.stamp.wrapping_sub(previous.1) as i64, e.late);
+                let delta =
+                    (e.offset.wrapping_sub(previous.0), e.stamp.wrapping_sub(previous.1) as i64, e.late);
                 previous = (e.offset, e.stamp);
                 delta
             })
@@ -125,10 +126,20 @@ mod tests {
     #[test]
     fn in_flight_lists_round_trip_compactly() {
         let in_flight: Vec<InFlight> = (0..10_000i64)
-            .map(|i| InFlight { offset: 1_000 + i, stamp: 1_772_323_200_000 + (i as u64 / 7) * 1_000, late: i % 97 == 0 })
+            .map(|i| InFlight {
+                offset: 1_000 + i,
+                stamp: 1_772_323_200_000 + (i as u64 / 7) * 1_000,
+                late: i % 97 == 0,
+            })
             .chain([InFlight { offset: i64::MAX, stamp: 0, late: false }])
             .collect();
-        let saved = SavedPartition { topic: "t".into(), partition: 3, next_offset: 20_000, max_seen: Some(5), in_flight };
+        let saved = SavedPartition {
+            topic: "t".into(),
+            partition: 3,
+            next_offset: 20_000,
+            max_seen: Some(5),
+            in_flight,
+        };
         let bytes = millstream_events::checkpoint::encode(&saved);
         assert!(bytes.len() < 4 * 10_001, "{} bytes for 10 001 entries", bytes.len());
         let back: SavedPartition = millstream_events::checkpoint::decode(COMPONENT, &bytes).unwrap();
