@@ -98,6 +98,9 @@ impl WriterThread {
         let seconds = stats.sink_batch_seconds.with_label_values(&["postgres"]);
         let freshness = stats.event_to_durable_seconds.with_label_values(&["postgres"]);
         let committed = stats.sink_records.with_label_values(&["postgres"]);
+        let checkpoint_boundary = stats.checkpoint_boundary_seconds.with_label_values(&[&worker.to_string()]);
+        let checkpoint_commits = stats.checkpoint_commits.clone();
+        let checkpoint_bytes = stats.checkpoint_state_bytes.clone();
         let (jobs, job_queue) = mpsc::sync_channel::<PgBatch>(IN_FLIGHT);
         let (acks, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -108,12 +111,24 @@ impl WriterThread {
                     let newest = batch.readings.iter().map(|r| r.ts).max();
                     let result =
                         writer.write(&mut batch).map(|report| (report, batch)).map_err(|e| e.to_string());
-                    if let Ok((report, _)) = &result {
+                    if let Ok((report, batch)) = &result {
                         rows.observe(report.rows as f64);
                         committed.inc_by(report.rows as u64);
                         seconds.observe(started.elapsed().as_secs_f64());
                         if let Some(ts) = newest {
                             freshness.observe(millstream_events::time::seconds_since(ts));
+                        }
+                        if let Some(checkpoint) = &batch.checkpoint {
+                            checkpoint_boundary.set((checkpoint.covered_to / 1000) as i64);
+                            checkpoint_commits.inc();
+                            checkpoint_bytes
+                                .inc_by(checkpoint.parts.iter().map(|p| p.state.len() as u64).sum());
+                            tracing::debug!(
+                                worker_id = worker,
+                                boundary = checkpoint.covered_to,
+                                parts = checkpoint.parts.len(),
+                                "checkpoint committed"
+                            );
                         }
                     }
                     let failed = result.is_err();

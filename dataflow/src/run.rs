@@ -131,6 +131,9 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     models.check()?;
     let checkpointing =
         crate::checkpoint::prepare(&checkpoint, &source, &sinks, &models, &postgres, &cluster)?;
+    if let Some(boundary) = checkpointing.as_ref().and_then(|c| c.restored_boundary()) {
+        stats.checkpoint_restored_seconds.set((boundary / 1000) as i64);
+    }
     let health = Arc::new(crate::health::Health::default());
     if let Some(addr) = http {
         let bound = crate::http::serve(&addr, Arc::clone(&health), Arc::clone(&stats), admin)?;

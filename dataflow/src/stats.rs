@@ -73,6 +73,15 @@ pub struct RunStats {
     /// Worker threads in this process, and processes in the cluster.
     pub workers: IntGauge,
     pub processes: IntGauge,
+    /// The newest checkpoint boundary a worker has committed (event time, epoch seconds), by
+    /// worker.
+    pub checkpoint_boundary_seconds: IntGaugeVec,
+    /// Checkpoints committed (each with its worker's rows).
+    pub checkpoint_commits: IntCounter,
+    /// Bytes of operator state committed in checkpoints.
+    pub checkpoint_state_bytes: IntCounter,
+    /// The boundary this run restored (event time, epoch seconds); 0 when it started afresh.
+    pub checkpoint_restored_seconds: IntGauge,
 }
 
 impl Default for RunStats {
@@ -320,6 +329,31 @@ impl RunStats {
             ),
             workers: register(r, IntGauge::new("millstream_workers", "Worker threads in this process.")),
             processes: register(r, IntGauge::new("millstream_processes", "Processes in the timely cluster.")),
+            checkpoint_boundary_seconds: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "millstream_checkpoint_boundary_seconds",
+                        "Newest checkpoint boundary committed by a worker (event time, epoch seconds).",
+                    ),
+                    &["worker"],
+                ),
+            ),
+            checkpoint_commits: register(
+                r,
+                IntCounter::new("millstream_checkpoint_commits_total", "Checkpoints committed with a worker's rows."),
+            ),
+            checkpoint_state_bytes: register(
+                r,
+                IntCounter::new("millstream_checkpoint_state_bytes_total", "Bytes of operator state committed in checkpoints."),
+            ),
+            checkpoint_restored_seconds: register(
+                r,
+                IntGauge::new(
+                    "millstream_checkpoint_restored_seconds",
+                    "The checkpoint boundary this run restored (event time, epoch seconds); 0 when it started afresh.",
+                ),
+            ),
             registry,
         };
         // Every statistic and outcome exists from the start (at 0), so `increase()` counts the
