@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::{AssetScore, CompactString, EventTime, ReadingRow, Severity, SinkEvent};
 use millstream_operators::episode::EpisodeTracker;
 use millstream_operators::features::{sensor_name, BucketAccumulator, FeaturePlan, FeatureState};
@@ -142,7 +143,9 @@ pub fn score_assets<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     settings: Arc<ModelsSettings>,
     context: Arc<RunContext>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
+    let (worker, peers) = (events.scope().index(), events.scope().peers());
     // Readings by asset; the few other events (anomalies, dead letters) pass through, routed
     // anywhere: no split of the stream before this stage, no concatenation after it.
     let pact = Exchange::new(|e: &SinkEvent| match e {
@@ -150,7 +153,7 @@ pub fn score_assets<'scope>(
         SinkEvent::Anomaly(a) => crate::score::sensor_route(&a.asset_id),
         _ => 0,
     });
-    events.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |_, _| {
+    events.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |initial, _| {
         let mut stage = Stage {
             epoch_ms: context.config.epoch_ms.max(1),
             settings,
@@ -166,9 +169,38 @@ pub fn score_assets<'scope>(
         let mut pending: BTreeMap<EventTime, Vec<Vec<SinkEvent>>> = BTreeMap::new();
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
+        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+            let saved: Vec<Vec<SavedAsset>> =
+                crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+            for saved in saved.into_iter().flatten() {
+                if millstream_events::checkpoint::owner(crate::score::sensor_route(&saved.asset_id), peers)
+                    != worker
+                {
+                    continue;
+                }
+                stage.restore(saved);
+            }
+            if let Some(b) = checkpointing.restored_boundary() {
+                stage.release_from(b);
+            }
+            // Readings held with open buckets leave at the boundary or later (see `release_from`).
+            if let Some(held) = stage.assets.iter().filter_map(|a| a.held_time).min() {
+                capability = Some(initial.delayed(&held));
+            }
+            crate::checkpoint::Checkpointer::new(
+                CHECKPOINT_COMPONENT,
+                checkpointing.interval_ms,
+                registry,
+                checkpointing.restored_boundary(),
+                initial,
+            )
+        });
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
             readings.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(&cap, time);
+                }
                 if capability.as_ref().is_none_or(|c| time < *c.time()) {
                     capability = cap.retain_least(0);
                 }
@@ -187,6 +219,10 @@ pub fn score_assets<'scope>(
                 let next_readings = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
                 match (next_update, next_readings) {
                     (Some(u), r) if r.is_none_or(|r| u <= r) => {
+                        if let Some(b) = checkpointer.as_mut().and_then(|c| c.before(u, || stage.snapshot()))
+                        {
+                            stage.release_from(b);
+                        }
                         // Every reading before `u` is in: a bucket that ends before `u` is
                         // complete, and is scored by the version it was aligned for.
                         stage.close_buckets_before(u);
@@ -195,6 +231,11 @@ pub fn score_assets<'scope>(
                         }
                     }
                     (_, Some(time)) => {
+                        if let Some(b) =
+                            checkpointer.as_mut().and_then(|c| c.before(time, || stage.snapshot()))
+                        {
+                            stage.release_from(b);
+                        }
                         let group = pending.remove(&time).unwrap_or_default();
                         stage.admit_group(group, time);
                     }
@@ -237,8 +278,38 @@ pub fn score_assets<'scope>(
                 (None, _) => capability = None,
                 (Some(_), None) => unreachable!("held readings came with a capability"),
             }
+            if let Some(c) = checkpointer.as_mut() {
+                let both = [readings_frontier.frontier().first(), updates_frontier.frontier().first()]
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .min();
+                let frontier: timely::progress::Antichain<EventTime> = both.into_iter().collect();
+                if let Some(b) = c.passed(frontier.borrow(), || stage.snapshot()) {
+                    stage.release_from(b);
+                }
+            }
         }
     })
+}
+
+/// The stage's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "assets";
+
+/// One asset in a checkpoint of the stage: everything but the model, which is the config's
+/// (by name) at the version the model stream serves.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedAsset {
+    asset_id: String,
+    version: u64,
+    feature_names: Vec<String>,
+    bucket_ms: u64,
+    features: FeatureState,
+    bucket: Option<EventTime>,
+    accumulator: BucketAccumulator,
+    held: Vec<ReadingRow>,
+    held_time: Option<EventTime>,
+    episode: EpisodeTracker,
 }
 
 /// The event time a reading is ordered by within its timely time (other events: 0).
@@ -250,6 +321,70 @@ fn event_ts(e: &SinkEvent) -> EventTime {
 }
 
 impl Stage {
+    /// Every asset's state, for a checkpoint.
+    fn snapshot(&self) -> Vec<u8> {
+        let saved: Vec<SavedAsset> = self
+            .assets
+            .iter()
+            .map(|a| SavedAsset {
+                asset_id: a.asset_id.to_string(),
+                version: a.version,
+                feature_names: a.feature_names.clone(),
+                bucket_ms: a.bucket_ms,
+                features: a.features.clone(),
+                bucket: a.bucket,
+                accumulator: a.accumulator.clone(),
+                held: a.held.clone(),
+                held_time: a.held_time,
+                episode: a.episode.clone(),
+            })
+            .collect();
+        crate::checkpoint::encode(&saved)
+    }
+
+    /// From now on, held readings leave at `boundary` or later. Once a checkpoint boundary is
+    /// registered, what the stage emits comes partly of inputs after it (readings that join an
+    /// open bucket), and nothing downstream may count those in its state at the boundary:
+    /// `readings_1m` would count the bucket's readings twice after a restore. A restore applies
+    /// the same rule to the buckets it brings back, so both runs emit them at the same time.
+    fn release_from(&mut self, boundary: EventTime) {
+        for asset in &mut self.assets {
+            if let Some(t) = asset.held_time.as_mut() {
+                *t = (*t).max(boundary);
+            }
+        }
+    }
+
+    /// Puts an asset back as a checkpoint saved it.
+    fn restore(&mut self, saved: SavedAsset) {
+        let SavedAsset {
+            asset_id,
+            version,
+            feature_names,
+            bucket_ms,
+            features,
+            bucket,
+            accumulator,
+            held,
+            held_time,
+            episode,
+        } = saved;
+        let asset_id = CompactString::from(asset_id);
+        let model = self.settings.model_for(&asset_id).map(|m| self.models.id(m));
+        let mut state = AssetState::new(asset_id.clone(), model);
+        state.version = version;
+        state.feature_names = feature_names;
+        state.bucket_ms = bucket_ms;
+        state.features = features;
+        state.bucket = bucket;
+        state.accumulator = accumulator;
+        state.held = held;
+        state.held_time = held_time;
+        state.episode = episode;
+        self.assets.push(state);
+        self.asset_index.insert(asset_id, self.assets.len() - 1);
+    }
+
     /// Admits the events of one complete time, by event time only, stably: each sensor's
     /// readings come from the one worker that owns it, already in event-time order, and
     /// readings of different sensors add into different sums, so their relative order changes

@@ -79,7 +79,13 @@ pub fn build<'scope>(
             updates = drift.updates;
             drift_events = Some(drift.events);
         }
-        events = crate::asset::score_assets(events, updates, Arc::clone(models), Arc::clone(&context));
+        events = crate::asset::score_assets(
+            events,
+            updates,
+            Arc::clone(models),
+            Arc::clone(&context),
+            checkpoints.clone(),
+        );
         if let Some(drift_events) = drift_events {
             events = events.concat(drift_events);
         }

@@ -24,6 +24,10 @@
 //!    final run to the end, which must exit 0.
 //! 2. `rescale_across_processes`: 1 process × 2 workers killed mid-stream once the database holds
 //!    a checkpoint, then 2 processes × 1 worker restore it and run to the end.
+//! 3. `kill_nine_drill_with_models`: the drill of 1 (3 kills by default) with the per-asset
+//!    k-means stage: one model per pump, trained on the input's first 10 minutes into a
+//!    `file://` store before the runs, served by every run (`[models]`, drift off); the
+//!    reference must hold k-means anomalies.
 //!
 //! Asserted: the tables identical, no log with `panicked`, the final runs exit 0, a run restores
 //! when the database holds a checkpoint, restored boundaries never go back. `dead_letters` is
@@ -238,6 +242,11 @@ impl Stack {
 
     /// A migrated database `name`, and the configuration of its runs (`name.toml`).
     fn database(&self, name: &str) -> String {
+        self.database_with(name, "")
+    }
+
+    /// [`Stack::database`], with `extra` at the end of the configuration.
+    fn database_with(&self, name: &str, extra: &str) -> String {
         let url = self.pg.create_database(name).unwrap();
         run_ok(&["migrate", "--database-url", &url]);
         std::fs::write(
@@ -250,7 +259,7 @@ impl Stack {
                  [[validation.kinds]]\nname = \"vibration\"\nunit = \"mm/s\"\nmin = 0.0\nmax = 50.0\n\
                  max_rate_per_s = 5.0\nrate_action = \"flag\"\n\
                  [[validation.kinds]]\nname = \"pressure\"\nunit = \"bar\"\nmin = 0.0\nmax = 16.0\n\
-                 max_rate_per_s = 0.5\nrate_action = \"flag\"\n"
+                 max_rate_per_s = 0.5\nrate_action = \"flag\"\n{extra}"
             ),
         )
         .unwrap();
@@ -730,6 +739,19 @@ impl KillPlan {
             KillPlan::AfterCommit(Duration::from_millis((fraction * 1_500.0) as u64))
         }
     }
+
+    /// With few kills, every one counts: run 2, 5, … is killed 10–150 ms after its start
+    /// (while the checkpoint is read and restored), the others 0–1.5 s after their first
+    /// checkpoint is committed (mid-stream), so that the runs after them restore the asset
+    /// stage's state from the middle of the input.
+    fn draw_for_models(rng: &mut Rng, run: usize) -> KillPlan {
+        let fraction = rng.unit();
+        if run % 3 == 2 {
+            KillPlan::At(Duration::from_millis(10 + (fraction * 140.0) as u64))
+        } else {
+            KillPlan::AfterCommit(Duration::from_millis((fraction * 1_500.0) as u64))
+        }
+    }
 }
 
 /// The newest checkpoint generation of `url` that every one of its workers has checkpointed
@@ -749,12 +771,127 @@ fn newest_generation(url: &str) -> Option<i64> {
 #[test]
 fn kill_nine_drill() {
     let _serial = one_at_a_time();
-    let kills = env_u64("MILLSTREAM_KILLS", 5) as usize;
+    let drill = kill_nine("kill-9 drill", 5, |_| String::new(), |rng, _| KillPlan::draw(rng));
+    drill.assert_identical();
+}
+
+/// [`kill_nine_drill`] with the per-asset k-means stage: before the runs, one model per pump is
+/// trained on the first [`TRAIN_S`] seconds of the input (before any level shift) into a
+/// `file://` model store, and every run (drilled and reference) serves them (`[models]`, drift
+/// off, as by default) besides `[checkpoint]`. The reference must hold k-means anomalies (the
+/// comparison of `anomalies` is not vacuous for the asset stage). `MILLSTREAM_KILLS` defaults to 3.
+#[test]
+fn kill_nine_drill_with_models() {
+    let _serial = one_at_a_time();
+    let drill = kill_nine("kill-9 drill with models", 3, train_models, KillPlan::draw_for_models);
+    let kmeans = |url: &str| try_psql(url, "SELECT count(*) FROM anomalies WHERE detector = 'kmeans'");
+    let (reference_kmeans, drilled_kmeans) = (kmeans(&drill.reference), kmeans(&drill.drilled));
+    eprintln!(
+        "k-means anomalies: reference {reference_kmeans:?}, drilled {drilled_kmeans:?}; by detector and model: \
+         reference {:?}, drilled {:?}",
+        by_detector(&drill.reference),
+        by_detector(&drill.drilled)
+    );
+    let (line, _) = compare_query(
+        &drill.drilled,
+        &drill.reference,
+        "anomalies of the k-means stage",
+        "SELECT event_id, sensor_id, asset_id, ts, value, score, severity, detector, model_version, explanation \
+         FROM anomalies WHERE detector = 'kmeans' ORDER BY event_id",
+        &[],
+    );
+    eprintln!("kill-9 drill with models: (information) {line}");
+    let reference_kmeans: u64 = reference_kmeans.and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(
+        reference_kmeans >= 1,
+        "the reference has no k-means anomaly: the drill would not test the asset stage's checkpoints"
+    );
+    drill.assert_identical();
+}
+
+/// Seconds of event time, from the input's start, that the models are trained on.
+const TRAIN_S: u64 = 600;
+/// Clusters of each model: with the default 4, the models flag only one level shift (2
+/// anomalies); with 8, the three level shifts give episodes of 3–90 s, across checkpoint
+/// boundaries (10 anomalies, opened and closed, from minute 13 to 28 of the input).
+const K: u32 = 8;
+
+/// Trains one k-means model per pump (`pump-NN`) on the first [`TRAIN_S`] seconds of the input
+/// into a `file://` store in the scratch directory; returns the `[models]` section serving them.
+fn train_models(stack: &Stack) -> String {
+    let store = format!("file://{}", stack.path("models").display());
+    let input = format!("file:{}", stack.input.path.display());
+    let until = (START_MS + TRAIN_S * 1000).to_string();
+    let k = K.to_string();
+    let mut assets = Vec::new();
+    for a in 0..ASSETS {
+        let (asset, model) = (format!("plant1-pump-{a:02}"), format!("pump-{a:02}"));
+        let training: [&str; 8] = ["--input", &input, "--asset", &asset, "--store", &store, "--name", &model];
+        let stdout = common::models::train(&[], &[&training[..], &["--until", &until, "--k", &k]].concat());
+        assert_eq!(
+            common::models::trained_version(&stdout),
+            Some(1),
+            "the first version of {model} is 1:\n{stdout}"
+        );
+        if a == 0 {
+            eprintln!("trained {model} for {asset}: {}", stdout.trim());
+        }
+        assets.push(format!("\"{asset}\" = \"{model}\""));
+    }
+    format!(
+        "[models]\nstore = {{ url = \"{store}\" }}\npoll_interval_ms = 1000\nassets = {{ {} }}\n\
+         [models.drift]\nenabled = false\n",
+        assets.join(", ")
+    )
+}
+
+/// Anomalies by detector and model version (for the report).
+fn by_detector(url: &str) -> Option<String> {
+    try_psql(
+        url,
+        "SELECT string_agg(d, ', ' ORDER BY d) FROM (SELECT detector || ' ' || coalesce(model_version, '-') || ': ' \
+         || count(*) AS d FROM anomalies GROUP BY detector, model_version) AS counts",
+    )
+}
+
+/// The databases of a finished kill -9 drill and their comparison.
+struct Drill {
+    /// Holds the services (the databases live as long as it).
+    _stack: Stack,
+    drilled: String,
+    reference: String,
+    lines: Vec<String>,
+    identical: bool,
+}
+
+impl Drill {
+    fn assert_identical(&self) {
+        assert!(
+            self.identical,
+            "the drilled database differs from the reference:\n{}",
+            self.lines.join("\n")
+        );
+    }
+}
+
+/// The kill -9 drill (see [`kill_nine_drill`]): `MILLSTREAM_KILLS` (default `default_kills`)
+/// runs killed, then a final run, then the reference; every run's configuration has what
+/// `configure` returns besides `[checkpoint]` (called once, before the databases are made);
+/// `draw(generator, run)` plans the kill of run `run` (from 1).
+/// Asserts all but the tables' identity, which it returns.
+fn kill_nine(
+    name: &str,
+    default_kills: u64,
+    configure: impl FnOnce(&Stack) -> String,
+    draw: fn(&mut Rng, usize) -> KillPlan,
+) -> Drill {
+    let kills = env_u64("MILLSTREAM_KILLS", default_kills) as usize;
     let seed = env_u64("MILLSTREAM_DRILL_SEED", 2026);
     let stack = Stack::start();
     eprintln!("{}", describe(&stack.input));
-    let drilled = stack.database("drilled");
-    let reference = stack.database("reference");
+    let extra = configure(&stack);
+    let drilled = stack.database_with("drilled", &extra);
+    let reference = stack.database_with("reference", &extra);
 
     // A killed run lasts about 3 s on a small machine: the input is spread over about 60 % of
     // the kills, so that the later runs restore and catch up on a backlog.
@@ -772,7 +909,7 @@ fn kill_nine_drill() {
         }
         // (The high bits of the generator: its lowest bits are weak.)
         let workers = if rng.unit() < 0.5 { 1 } else { 2 };
-        let plan = if last { KillPlan::Never } else { KillPlan::draw(&mut rng) };
+        let plan = if last { KillPlan::Never } else { draw(&mut rng, run_index) };
         let generation_before = newest_generation(&drilled);
         let log = stack.path(&format!("drilled-{run_index}.log"));
         let mut run =
@@ -838,7 +975,7 @@ fn kill_nine_drill() {
         count(&reference, "anomalies")
     );
     print_report(seed, rate, &rows);
-    let (lines, identical) = compare("kill-9 drill", &drilled, &reference);
+    let (lines, identical) = compare(name, &drilled, &reference);
 
     assert!(count(&reference, "anomalies").unwrap() >= 10, "the input has anomalies");
     // A run restores when the database holds a checkpoint, and checkpoints only move forward.
@@ -877,7 +1014,7 @@ fn kill_nine_drill() {
         final_run.restore.is_some(),
         "the final run logged neither `restored checkpoint` nor `no checkpoint to restore`"
     );
-    assert!(identical, "the drilled database differs from the reference:\n{}", lines.join("\n"));
+    Drill { _stack: stack, drilled, reference, lines, identical }
 }
 
 /// 1 process × 2 workers killed mid-stream once the database holds a checkpoint; then 2

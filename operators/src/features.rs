@@ -135,7 +135,7 @@ pub fn sensor_name(sensor_id: &str) -> &str {
 }
 
 /// The rolling state of one asset's features: bounded by the plan's windows, never by time.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FeatureState {
     /// The carried-forward value of each sensor.
     last: Vec<Option<f64>>,
@@ -147,7 +147,7 @@ pub struct FeatureState {
 
 /// The last `capacity` values pushed (all of them when `capacity` is 0), in a fixed buffer:
 /// once full, a push overwrites the oldest.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Ring {
     values: Vec<f64>,
     capacity: usize,
@@ -229,7 +229,7 @@ impl FeatureState {
 }
 
 /// Accumulates one bucket's readings per sensor (sum and count), for [`FeatureState::push`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct BucketAccumulator {
     sums: Vec<(f64, u32)>,
     values: Vec<Option<f64>>,

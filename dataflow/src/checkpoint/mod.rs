@@ -87,11 +87,13 @@ impl Checkpointer {
     }
 
     /// The state is about to change at `time`: registers the boundaries passed before it,
-    /// at which the state is what it is now.
-    pub fn before(&mut self, time: EventTime, snapshot: impl FnOnce() -> Vec<u8>) {
-        let Some(next) = self.next else { return };
+    /// at which the state is what it is now. Returns the last boundary registered, if any: an
+    /// operator must emit nothing before it from then on (what it emits later comes of inputs
+    /// after it, which no downstream state at the boundary may hold).
+    pub fn before(&mut self, time: EventTime, snapshot: impl FnOnce() -> Vec<u8>) -> Option<EventTime> {
+        let next = self.next?;
         if next > time {
-            return;
+            return None;
         }
         // `next` is off the grid only right after a restore written with another interval:
         // the restored boundary, then the grid's boundaries after it.
@@ -103,24 +105,27 @@ impl Checkpointer {
             state: snapshot(),
         });
         self.next = Some(boundary_after(to, self.interval_ms));
+        Some(to)
     }
 
     /// Everything before `frontier` is applied: registers the boundaries up to it and holds the
     /// capability at the next one. An empty frontier (the input ended) ends the registering.
+    /// Returns the last boundary registered, as [`Self::before`] does.
     pub fn passed(
         &mut self,
         frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
         snapshot: impl FnOnce() -> Vec<u8>,
-    ) {
+    ) -> Option<EventTime> {
         let Some(&f) = frontier.first() else {
             self.capability = None;
             self.next = None;
-            return;
+            return None;
         };
-        self.before(f, snapshot);
+        let registered = self.before(f, snapshot);
         if let (Some(next), Some(cap)) = (self.next, self.capability.as_mut()) {
             cap.downgrade(&next);
         }
+        registered
     }
 }
 
@@ -156,10 +161,10 @@ pub fn prepare(
             urls.len()
         );
     };
-    if models.store.is_some() {
+    if models.store.is_some() && models.drift.enabled {
         anyhow::bail!(
-            "[checkpoint] does not cover the per-asset models and drift stages yet: run without [models], \
-             or without [checkpoint] (at-least-once, idempotent rows)"
+            "[checkpoint] does not cover the drift stage yet (its windows and the retrainer): run with \
+             [models.drift] enabled = false, or without [checkpoint] (at-least-once, idempotent rows)"
         );
     }
     let found = millstream_sinks::postgres::checkpoint::load_blocking(url, postgres.password.as_deref())
@@ -225,11 +230,12 @@ mod tests {
         assert!(e.contains("exactly one postgres:// sink") && e.contains("got 0"), "{e}");
         let e = prepare_with("kafka://127.0.0.1:1/t", &[pg, pg], Default::default()).unwrap_err().to_string();
         assert!(e.contains("got 2"), "{e}");
-        let models = crate::models::ModelsSettings {
+        let mut models = crate::models::ModelsSettings {
             store: Some(millstream_connectors::model_store::ModelStoreConfig::new("file:///tmp/models")),
             ..Default::default()
         };
+        models.drift.enabled = true;
         let e = prepare_with("kafka://127.0.0.1:1/t", &[pg], models).unwrap_err().to_string();
-        assert!(e.contains("models and drift"), "{e}");
+        assert!(e.contains("does not cover the drift stage"), "{e}");
     }
 }
