@@ -136,11 +136,10 @@ pub fn minute_aggregates<'scope>(
                         open.insert(key, moments);
                     }
                 }
-                crate::checkpoint::Checkpointer::new(
+                crate::checkpoint::Checkpointer::for_worker(
                     CHECKPOINT_COMPONENT,
-                    checkpointing.interval_ms,
+                    &checkpointing,
                     registry,
-                    checkpointing.restored_boundary(),
                     initial,
                 )
             });

@@ -187,11 +187,10 @@ pub fn score_assets<'scope>(
             if let Some(held) = stage.assets.iter().filter_map(|a| a.held_time).min() {
                 capability = Some(initial.delayed(&held));
             }
-            crate::checkpoint::Checkpointer::new(
+            crate::checkpoint::Checkpointer::for_worker(
                 CHECKPOINT_COMPONENT,
-                checkpointing.interval_ms,
+                &checkpointing,
                 registry,
-                checkpointing.restored_boundary(),
                 initial,
             )
         });

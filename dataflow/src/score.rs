@@ -99,11 +99,10 @@ pub fn score_readings<'scope>(
                     asset_id: saved.asset_id.into(),
                 });
             }
-            crate::checkpoint::Checkpointer::new(
+            crate::checkpoint::Checkpointer::for_worker(
                 CHECKPOINT_COMPONENT,
-                checkpointing.interval_ms,
+                &checkpointing,
                 registry,
-                checkpointing.restored_boundary(),
                 initial,
             )
         });

@@ -72,6 +72,16 @@ impl Checkpointer {
         Checkpointer { component, interval_ms, registry, next: restored, capability }
     }
 
+    /// [`Self::new`] for a run's checkpoints as a worker sees them.
+    pub fn for_worker(
+        component: &'static str,
+        checkpointing: &millstream_events::checkpoint::Checkpointing,
+        registry: SharedRegistry,
+        initial: Capability<EventTime>,
+    ) -> Self {
+        Self::new(component, checkpointing.interval_ms, registry, checkpointing.restored_boundary(), initial)
+    }
+
     /// An input at `time` with its capability: the first one starts the registering (the
     /// boundaries up to it had empty state, which needs no part).
     pub fn on_input(

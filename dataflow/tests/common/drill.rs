@@ -415,38 +415,8 @@ fn equal_but_rounding(a: &str, b: &str, rounded: &[usize]) -> bool {
 /// table (rows, and what differs), and whether all are identical (the rounded columns within
 /// [`ROUNDING`]).
 pub fn compare_databases(got: &str, want: &str) -> (Vec<String>, bool) {
-    let mut lines = Vec::new();
-    let mut identical = true;
-    for (table, query, rounded) in TABLES {
-        let (g, w) = (dump(got, query), dump(want, query));
-        if g == w {
-            lines.push(format!("{table}: {} rows, identical", g.len()));
-            continue;
-        }
-        if g.len() == w.len() && g.iter().zip(&w).all(|(a, b)| equal_but_rounding(a, b, rounded)) {
-            let rows = g.iter().zip(&w).filter(|(a, b)| a != b).count();
-            lines.push(format!(
-                "{table}: {} rows, identical but for floating-point rounding in {rows} rows (columns {rounded:?}, \
-                 relative difference ≤ {ROUNDING:e})",
-                g.len()
-            ));
-            continue;
-        }
-        identical = false;
-        let gs: std::collections::BTreeSet<&String> = g.iter().collect();
-        let ws: std::collections::BTreeSet<&String> = w.iter().collect();
-        let missing: Vec<&&String> = ws.difference(&gs).take(5).collect();
-        let extra: Vec<&&String> = gs.difference(&ws).take(5).collect();
-        lines.push(format!(
-            "{table}: DIFFERS: {} rows against {} in the reference; {} missing, {} extra; first missing: \
-             {missing:?}; first extra: {extra:?}",
-            g.len(),
-            w.len(),
-            ws.difference(&gs).count(),
-            gs.difference(&ws).count(),
-        ));
-    }
-    (lines, identical)
+    let tables: Vec<&str> = TABLES.iter().map(|(table, _, _)| *table).collect();
+    compare_tables(got, want, &tables)
 }
 
 /// `value` KiB as MiB, for reports.
@@ -459,7 +429,7 @@ pub fn secs(d: Option<Duration>) -> String {
     d.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
 
-/// Compares the rows of `query` on `got` and `want`, as [`compare_databases`] compares one table
+/// Compares the rows of `query` on `got` and `want`, as [`compare_databases`] does for each table
 /// (`rounded`: the columns equal up to [`ROUNDING`]). Returns one line for the report (labelled
 /// `label`) and whether they are identical.
 pub fn compare_query(got: &str, want: &str, label: &str, query: &str, rounded: &[usize]) -> (String, bool) {
