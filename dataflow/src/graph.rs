@@ -1,7 +1,6 @@
 //! The dataflow, as built on every worker: source → (dead letters | exchange by sensor →
 //! validate + score) → sinks.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use millstream_connectors::file::file_source;
@@ -39,10 +38,12 @@ pub fn build<'scope>(
     };
     let probe = ProbeHandle::new();
     let mut kafka = None;
-    // The parts this worker's components register, for its PostgreSQL sink to commit.
-    let registry = millstream_events::checkpoint::Registry::shared();
-    let checkpointing = context.checkpointing.clone();
-    let checkpoints = checkpointing.as_ref().map(|c| (Arc::clone(c), Rc::clone(&registry)));
+    // With checkpoints: the worker's registry of the parts its components register, for its
+    // PostgreSQL sink to commit (every clone of `checkpoints` shares it).
+    let checkpoints = context
+        .checkpointing
+        .as_ref()
+        .map(|c| (Arc::clone(c), millstream_events::checkpoint::Registry::shared()));
     let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
         OpenedSource::File(input) => file_source(scope, Arc::clone(input), time, context.workers_per_process),
         OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),

@@ -149,10 +149,10 @@ impl WriterThread {
 /// The sink's side of checkpoints: the worker's registry of parts, and the boundary it has
 /// covered so far.
 pub struct SinkCheckpoints {
-    pub checkpointing: Arc<millstream_events::checkpoint::Checkpointing>,
-    pub registry: millstream_events::checkpoint::SharedRegistry,
-    pub worker: usize,
-    pub workers: usize,
+    checkpointing: Arc<millstream_events::checkpoint::Checkpointing>,
+    registry: millstream_events::checkpoint::SharedRegistry,
+    worker: usize,
+    workers: usize,
     covered: u64,
 }
 

@@ -87,6 +87,11 @@ impl Stack {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// `input` produced into the input topic at `rate` records/s, in the background.
+    fn produce(&self, input: &Path, rate: u64) -> Producer {
+        Producer::start(&self.kafka.bootstrap(), TOPIC, input, rate, PARTITIONS, self.path("produce.log"))
+    }
 }
 
 /// The config of run `name`: its consumer group and sink topics, no idleness within a drill,
@@ -255,55 +260,93 @@ fn not_ready_reasons(samples: &[Sample], from: Duration) -> BTreeSet<String> {
         .collect()
 }
 
+/// A drill under way: the stack, a paced producer of the mixed input, and the drilled run
+/// (with `extra` config and `env`), sampled, once it is ready and has written rows.
+struct Drilling {
+    stack: Stack,
+    durable_by: u64,
+    records: usize,
+    rate: u64,
+    drill_db: String,
+    reference_db: String,
+    producer: Producer,
+    run: DrillRun,
+    sampler: Sampler,
+}
+
+impl Drilling {
+    fn start(steps: u64, seed: u64, rate: u64, extra: &str, env: &[(&'static str, String)]) -> Drilling {
+        let stack = Stack::start(PARTITIONS);
+        let (input, durable_by, records) = mixed_input(&stack, 24, steps, seed);
+        let (drill_db, reference_db) = (stack.database("drill"), stack.database("reference"));
+        let producer = stack.produce(&input, rate);
+        let run = start_run(&stack, "drill", &drill_db, extra, env);
+        let sampler = Sampler::start(&run, TOPIC, None);
+        assert!(sampler.wait_for(WAIT, |s| s.ready() && s.postgres_records.unwrap_or(0.0) > 0.0).is_some());
+        Drilling { stack, durable_by, records, rate, drill_db, reference_db, producer, run, sampler }
+    }
+
+    /// Waits for the producer and for the drilled run to make everything durable, stops it
+    /// (asserting it did not panic), then runs the reference and compares the two.
+    fn finish(mut self) -> Finished {
+        let produced_in = self.producer.finish(WAIT);
+        let drained = self.run.wait_durable(self.durable_by, WAIT, "the drill run");
+        self.sampler.stop();
+        assert!(!self.run.panicked(), "the drill run panicked:\n{}", self.run.log_tail(40));
+        self.run.kill();
+        let reference_took = reference_run(&self.stack, &self.reference_db, self.durable_by, "");
+        let verdict = verdict(&self.stack, ("drill", &self.drill_db), ("reference", &self.reference_db));
+        let Drilling { stack, records, rate, sampler, .. } = self;
+        Finished { stack, sampler, records, rate, produced_in, drained, reference_took, verdict }
+    }
+}
+
+/// A drill's outcome: how long each part took and what the comparison found.
+struct Finished {
+    stack: Stack,
+    sampler: Sampler,
+    records: usize,
+    rate: u64,
+    produced_in: Duration,
+    drained: Duration,
+    reference_took: Duration,
+    verdict: Verdict,
+}
+
 /// Drill 1: PostgreSQL crashes and is back at once; later it is down for 6 s.
 #[test]
 fn postgres_restarted_mid_run() {
     let _serial = one_at_a_time();
-    let stack = Stack::start(PARTITIONS);
-    let (input, durable_by, records) = mixed_input(&stack, 24, 1000, 81);
-    let (drill_db, reference_db) = (stack.database("drill"), stack.database("reference"));
-    let rate = 1500;
-    let mut producer =
-        Producer::start(&stack.kafka.bootstrap(), TOPIC, &input, rate, PARTITIONS, stack.path("produce.log"));
-    let mut run = start_run(&stack, "drill", &drill_db, "", &[]);
-    let mut sampler = Sampler::start(&run, TOPIC, None);
-    assert!(sampler.wait_for(WAIT, |s| s.ready() && s.postgres_records.unwrap_or(0.0) > 0.0).is_some());
+    let d = Drilling::start(1000, 81, 1500, "", &[]);
     std::thread::sleep(Duration::from_secs(2));
 
     // A crash, and PostgreSQL started again at once (crash recovery).
-    sampler.mark("crash");
-    stack.pg.stop_immediate().unwrap();
-    stack.pg.restart().unwrap();
-    let back1 = sampler.mark("back after the crash");
-    let crash_seen = sampler.wait_for(Duration::from_secs(3), |s| !s.ready()).is_some();
-    let ready1 = sampler.wait_for(WAIT, Sample::ready).map(|_| ());
-    assert!(ready1.is_some(), "not ready after the crash restart:\n{}", run.log_tail(30));
+    d.sampler.mark("crash");
+    d.stack.pg.stop_immediate().unwrap();
+    d.stack.pg.restart().unwrap();
+    let back1 = d.sampler.mark("back after the crash");
+    let crash_seen = d.sampler.wait_for(Duration::from_secs(3), |s| !s.ready()).is_some();
+    let ready1 = d.sampler.wait_for(WAIT, Sample::ready).map(|_| ());
+    assert!(ready1.is_some(), "not ready after the crash restart:\n{}", d.run.log_tail(30));
     std::thread::sleep(Duration::from_secs(2));
 
     // Down for 6 s, then started.
-    let down = sampler.mark("stopped");
-    stack.pg.stop_immediate().unwrap();
+    let down = d.sampler.mark("stopped");
+    d.stack.pg.stop_immediate().unwrap();
     let open =
-        sampler.wait_for(Duration::from_secs(6), |s| s.ready.as_ref().is_some_and(|(st, _)| *st == 503));
-    std::thread::sleep(Duration::from_secs(6).saturating_sub(sampler.mark("") - down));
-    stack.pg.restart().unwrap();
-    let back2 = sampler.mark("back after 6 s down");
-    assert!(postgres_answers(&drill_db));
+        d.sampler.wait_for(Duration::from_secs(6), |s| s.ready.as_ref().is_some_and(|(st, _)| *st == 503));
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(d.sampler.mark("") - down));
+    d.stack.pg.restart().unwrap();
+    let back2 = d.sampler.mark("back after 6 s down");
+    assert!(postgres_answers(&d.drill_db));
     assert!(
-        sampler.wait_for(WAIT, Sample::ready).is_some(),
+        d.sampler.wait_for(WAIT, Sample::ready).is_some(),
         "not ready after the outage:\n{}",
-        run.log_tail(30)
+        d.run.log_tail(30)
     );
 
-    let produced_in = producer.finish(WAIT);
-    let drained = run.wait_durable(durable_by, WAIT, "the drill run");
-    sampler.stop();
-    let samples = sampler.samples();
-    let reasons = not_ready_reasons(&samples, down);
-    assert!(!run.panicked(), "the drill run panicked:\n{}", run.log_tail(40));
-    run.kill();
-    let reference_took = reference_run(&stack, &reference_db, durable_by, "");
-    let verdict = verdict(&stack, ("drill", &drill_db), ("reference", &reference_db));
+    let Finished { sampler, records, rate, produced_in, drained, reference_took, verdict, .. } = d.finish();
+    let reasons = not_ready_reasons(&sampler.samples(), down);
 
     let peak = sampler.peak_rss_kib(Duration::ZERO, Duration::MAX);
     println!(
@@ -333,40 +376,26 @@ fn postgres_restarted_mid_run() {
 #[test]
 fn broker_restarted_mid_run() {
     let _serial = one_at_a_time();
-    let stack = Stack::start(PARTITIONS);
-    let (input, durable_by, records) = mixed_input(&stack, 24, 1000, 82);
-    let (drill_db, reference_db) = (stack.database("drill"), stack.database("reference"));
-    let rate = 1500;
-    let mut producer =
-        Producer::start(&stack.kafka.bootstrap(), TOPIC, &input, rate, PARTITIONS, stack.path("produce.log"));
-    let mut run = start_run(&stack, "drill", &drill_db, "", &[]);
-    let mut sampler = Sampler::start(&run, TOPIC, None);
-    assert!(sampler.wait_for(WAIT, |s| s.ready() && s.postgres_records.unwrap_or(0.0) > 0.0).is_some());
+    let d = Drilling::start(1000, 82, 1500, "", &[]);
     std::thread::sleep(Duration::from_secs(4));
 
-    let down = sampler.mark("broker killed");
-    stack.kafka.stop();
-    let noticed = sampler.wait_for(Duration::from_secs(8), |s| !s.ready());
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(sampler.mark("") - down));
-    stack.kafka.restart().expect("the broker starts again");
-    let back = sampler.mark("broker back");
+    let down = d.sampler.mark("broker killed");
+    d.stack.kafka.stop();
+    let noticed = d.sampler.wait_for(Duration::from_secs(8), |s| !s.ready());
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(d.sampler.mark("") - down));
+    d.stack.kafka.restart().expect("the broker starts again");
+    let back = d.sampler.mark("broker back");
     assert!(
-        sampler.wait_for(WAIT, Sample::ready).is_some(),
+        d.sampler.wait_for(WAIT, Sample::ready).is_some(),
         "not ready after the broker restart:\n{}",
-        run.log_tail(30)
+        d.run.log_tail(30)
     );
 
-    let produced_in = producer.finish(WAIT);
-    let drained = run.wait_durable(durable_by, WAIT, "the drill run");
-    sampler.stop();
-    let samples = sampler.samples();
-    let reasons = not_ready_reasons(&samples, down);
-    assert!(!run.panicked(), "the drill run panicked:\n{}", run.log_tail(40));
-    run.kill();
+    let Finished { stack, sampler, records, rate, produced_in, drained, reference_took, verdict } =
+        d.finish();
+    let reasons = not_ready_reasons(&sampler.samples(), down);
     // Every record produced is in the topic once (the producer is idempotent).
     let in_topic = stack.kafka.consume_all(TOPIC).unwrap().len();
-    let reference_took = reference_run(&stack, &reference_db, durable_by, "");
-    let verdict = verdict(&stack, ("drill", &drill_db), ("reference", &reference_db));
 
     println!(
         "DRILL broker-restart: down 4 s: not-ready {} ({}), ready {} caught-up {}; peak RSS {:.0} MiB; \
@@ -408,21 +437,13 @@ const IN_FLIGHT_BUDGET: usize = 4000;
 fn slow_sink_memory_is_bounded() {
     let _serial = one_at_a_time();
     const LOCK_S: u64 = 12;
-    let stack = Stack::start(PARTITIONS);
-    let (input, durable_by, records) = mixed_input(&stack, 24, 1500, 84);
-    let (drill_db, reference_db) = (stack.database("drill"), stack.database("reference"));
-    let rate = 2000;
-    let mut producer =
-        Producer::start(&stack.kafka.bootstrap(), TOPIC, &input, rate, PARTITIONS, stack.path("produce.log"));
     let budget = ("MILLSTREAM_KAFKA__MAX_IN_FLIGHT_RECORDS", IN_FLIGHT_BUDGET.to_string());
     let prefetch = "[kafka.options]\n\"queued.max.messages.kbytes\" = \"256\"\n";
-    let mut run = start_run(&stack, "drill", &drill_db, prefetch, &[budget]);
-    let mut sampler = Sampler::start(&run, TOPIC, None);
-    assert!(sampler.wait_for(WAIT, |s| s.ready() && s.postgres_records.unwrap_or(0.0) > 0.0).is_some());
+    let d = Drilling::start(1500, 84, 2000, prefetch, &[budget]);
     std::thread::sleep(Duration::from_secs(3));
 
     let locker = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &drill_db, "-c"])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &d.drill_db, "-c"])
         .arg(format!(
             "BEGIN; LOCK TABLE readings IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({LOCK_S}); COMMIT;"
         ))
@@ -433,22 +454,16 @@ fn slow_sink_memory_is_bounded() {
     let held = Instant::now();
     let granted = "SELECT count(*) FROM pg_locks WHERE relation = 'readings'::regclass \
                    AND mode = 'AccessExclusiveLock' AND granted";
-    while psql(&drill_db, granted) != "1" {
+    while psql(&d.drill_db, granted) != "1" {
         assert!(held.elapsed() < Duration::from_secs(5), "the lock was not granted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let locked = sampler.mark("lock granted");
+    let locked = d.sampler.mark("lock granted");
     let out = locker.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let released = sampler.mark("lock released");
+    let released = d.sampler.mark("lock released");
 
-    let produced_in = producer.finish(WAIT);
-    let drained = run.wait_durable(durable_by, WAIT, "the drill run");
-    sampler.stop();
-    assert!(!run.panicked(), "the drill run panicked:\n{}", run.log_tail(40));
-    run.kill();
-    let reference_took = reference_run(&stack, &reference_db, durable_by, "");
-    let verdict = verdict(&stack, ("drill", &drill_db), ("reference", &reference_db));
+    let Finished { sampler, records, rate, produced_in, drained, reference_took, verdict, .. } = d.finish();
 
     let samples = sampler.samples();
     let during: Vec<&Sample> = samples.iter().filter(|s| (locked..released).contains(&s.at)).collect();
@@ -609,14 +624,7 @@ mod s3_drill {
 
         let (drill_db, reference_db) = (stack.database("drill"), stack.database("reference"));
         let rate = PACE * readings.len() as u64 / END_S;
-        let mut producer = Producer::start(
-            &stack.kafka.bootstrap(),
-            TOPIC,
-            &input,
-            rate,
-            PARTITIONS,
-            stack.path("produce.log"),
-        );
+        let mut producer = stack.produce(&input, rate);
         let s3_models = models_section("s3://models/drill", Some(&s3), MODEL);
         let file_models = models_section(&format!("file://{}", file_store.display()), None, MODEL);
         let mut run = start_run(&stack, "drill", &drill_db, &s3_models, &env);

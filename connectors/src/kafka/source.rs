@@ -768,22 +768,15 @@ fn ingest(
     }
     p.next_offset = offset + 1;
     p.at_end = false;
-    let replayed = match p.replay.as_mut().map(|r| r.next(offset)) {
-        Some(Replayed::Emit { stamp, late }) => Some((stamp, late)),
-        Some(Replayed::Skip) => None,
-        Some(Replayed::Done) => {
-            p.replay = None;
-            None
-        }
-        None => None,
-    };
-    let skipped = p.replay.is_some() && replayed.is_none();
+    let step = p.replay.as_mut().map(|r| r.next(offset));
     if p.replay.as_ref().is_some_and(|r| p.next_offset >= r.until) {
         p.replay = None;
     }
-    if skipped {
-        return None;
-    }
+    let replayed = match step {
+        Some(Replayed::Emit { stamp, late }) => Some((stamp, late)),
+        Some(Replayed::Skip) => return None,
+        Some(Replayed::Done) | None => None,
+    };
     let payload = message.payload().unwrap_or(&[]);
     let (stamp, item) = match decode_json(payload) {
         Ok(reading) => {
