@@ -76,10 +76,12 @@ pub fn build<'scope>(
                 Arc::clone(models),
                 context.config.epoch_ms,
                 Arc::clone(&context.stats),
+                checkpoints.clone(),
             );
             updates = drift.updates;
             drift_events = Some(drift.events);
         }
+        let updates = crate::model_stream::checkpoint_versions(updates, checkpoints.clone());
         events = crate::asset::score_assets(
             events,
             updates,

@@ -9,8 +9,10 @@
 //!   otherwise at the readings' current frontier (the earliest time not yet complete);
 //! - the stream never holds the dataflow back: its frontier is the source's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use millstream_events::checkpoint::{Checkpointing, WorkerCheckpoints};
 use millstream_events::{DeadLetter, EventTime};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -68,4 +70,74 @@ pub fn model_updates<'scope>(
             }
         })
         .broadcast()
+}
+
+/// The model versions' name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "model_versions";
+
+/// With checkpoints: passes `updates` (every model update, broadcast: the store's and the
+/// retrainer's) on unchanged, and on the first worker registers the versions in service at
+/// each boundary, the newest of each model applied before it. A restore serves those again
+/// from its very start ([`restored_versions`], [`crate::models::start`]), whatever the store
+/// holds by then: a version the crashed run switched to after the boundary must not serve
+/// before its time, and one it never published must not be lost.
+pub fn checkpoint_versions<'scope>(
+    updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
+    checkpoints: Option<WorkerCheckpoints>,
+) -> Stream<'scope, EventTime, Vec<ModelUpdate>> {
+    let Some((checkpointing, registry)) = checkpoints else { return updates };
+    let worker = updates.scope().index();
+    updates.unary_frontier(Pipeline, "ModelVersionsCheckpoint", move |initial, _| {
+        // Every worker sees every update; one registers them.
+        let mut checkpointer = (worker == 0).then(|| {
+            crate::checkpoint::Checkpointer::for_worker(
+                CHECKPOINT_COMPONENT,
+                &checkpointing,
+                registry,
+                initial,
+            )
+        });
+        let mut serving: BTreeMap<String, ModelUpdate> = BTreeMap::new();
+        let mut pending: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
+        let snapshot = |serving: &BTreeMap<String, ModelUpdate>| {
+            crate::checkpoint::encode(&serving.values().collect::<Vec<_>>())
+        };
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(&cap, time);
+                    pending.entry(time).or_default().extend(data.iter().cloned());
+                }
+                output.session(&cap).give_container(data);
+            });
+            let Some(c) = checkpointer.as_mut() else { return };
+            let frontier = frontier.frontier();
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (time, updates) = entry.remove_entry();
+                c.before(time, || snapshot(&serving));
+                for update in updates {
+                    if serving.get(&update.name).is_none_or(|s| s.version < update.version) {
+                        serving.insert(update.name.clone(), update);
+                    }
+                }
+            }
+            c.passed(frontier, || snapshot(&serving));
+        }
+    })
+}
+
+/// The versions in service at the restored boundary, newest per model.
+pub fn restored_versions(checkpointing: Option<&Checkpointing>) -> Vec<ModelUpdate> {
+    let saved: Vec<Vec<ModelUpdate>> = crate::checkpoint::restore_parts(checkpointing, CHECKPOINT_COMPONENT);
+    let mut newest: BTreeMap<String, ModelUpdate> = BTreeMap::new();
+    for update in saved.into_iter().flatten() {
+        if newest.get(&update.name).is_none_or(|s| s.version < update.version) {
+            newest.insert(update.name.clone(), update);
+        }
+    }
+    newest.into_values().collect()
 }

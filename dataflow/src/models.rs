@@ -167,24 +167,41 @@ const HEALTH_COMPONENT: &str = "model store";
 /// Loads the latest version of every model `settings` names, then starts the watcher thread.
 /// A store that cannot be reached at start-up is not fatal: the run starts without those
 /// models (no multivariate scoring for their assets) and picks them up once the store answers.
+///
+/// `restored`: the versions a restored checkpoint had in service. They serve from the start
+/// instead; newer versions in the store serve from their `effective_from` (or from the start
+/// when it has passed), as versions found later do.
 pub fn start(
     settings: &ModelsSettings,
     stats: Arc<RunStats>,
     health: Arc<Health>,
+    restored: Vec<ModelUpdate>,
 ) -> anyhow::Result<Option<ModelFeed>> {
     let Some(store_config) = &settings.store else { return Ok(None) };
     let store: Arc<dyn ModelStore> =
         Arc::from(store_config.open().map_err(|e| anyhow::anyhow!("[models] store: {e}"))?);
     let names = settings.model_names();
     let mut known: BTreeMap<String, u64> = BTreeMap::new();
-    let mut initial = Vec::new();
-    poll(&*store, &names, &mut known, &stats, &health, |u| initial.push(u));
+    let mut initial: Vec<ModelUpdate> = restored.into_iter().filter(|u| names.contains(&u.name)).collect();
+    for update in &initial {
+        tracing::info!(model = %update.name, version = update.version, "serving the model version the checkpoint had in service");
+        known.insert(update.name.clone(), update.version);
+    }
+    let mut newer = Vec::new();
+    poll(&*store, &names, &mut known, &stats, &health, |u| newer.push(u));
     for name in &names {
         if !known.contains_key(name) {
             tracing::warn!(model = %name, store = %store.location(), "no version of this model yet: its assets get no multivariate scoring until one appears");
         }
     }
     let (send, updates) = mpsc::channel();
+    if initial.is_empty() {
+        initial = newer;
+    } else {
+        for update in newer {
+            send.send(update).expect("the receiver is held here");
+        }
+    }
     let waker: Arc<std::sync::Mutex<Option<timely::scheduling::SyncActivator>>> = Default::default();
     let interval = Duration::from_millis(settings.poll_interval_ms);
     let thread_waker = Arc::clone(&waker);

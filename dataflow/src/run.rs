@@ -129,8 +129,7 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         checkpoint,
     } = plan;
     models.check()?;
-    let checkpointing =
-        crate::checkpoint::prepare(&checkpoint, &source, &sinks, &models, &postgres, &cluster)?;
+    let checkpointing = crate::checkpoint::prepare(&checkpoint, &source, &sinks, &postgres, &cluster)?;
     if let Some(boundary) = checkpointing.as_ref().and_then(|c| c.restored_boundary()) {
         stats.checkpoint_restored_seconds.set((boundary / 1000) as i64);
     }
@@ -180,7 +179,10 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
     // Only the process that hosts worker 0 watches the store; the updates are broadcast.
     let model_feed = if cluster.process == 0 {
-        crate::models::start(&models, Arc::clone(&stats), Arc::clone(&health))?
+        {
+            let restored = crate::model_stream::restored_versions(checkpointing.as_deref());
+            crate::models::start(&models, Arc::clone(&stats), Arc::clone(&health), restored)?
+        }
     } else {
         None
     };

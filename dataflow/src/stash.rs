@@ -7,7 +7,7 @@ use millstream_events::EventTime;
 use timely::communication::Pull;
 use timely::dataflow::channels::Message;
 use timely::dataflow::operators::generic::InputHandleCore;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, InputCapability};
 
 /// The start of the epoch (timely time) that event time `t` falls in.
 pub fn epoch(t: EventTime, epoch_ms: u64) -> EventTime {
@@ -33,8 +33,19 @@ impl<D: 'static> Stash<D> {
         &mut self,
         input: &mut InputHandleCore<EventTime, Vec<D>, P>,
     ) {
+        self.take_noting(input, |_, _| {});
+    }
+
+    /// [`Self::take`], showing `noted` each input's capability and time first (a
+    /// [`crate::checkpoint::Checkpointer`] starts registering with the first input).
+    pub fn take_noting<P: Pull<Message<EventTime, Vec<D>>>>(
+        &mut self,
+        input: &mut InputHandleCore<EventTime, Vec<D>, P>,
+        mut noted: impl FnMut(&InputCapability<EventTime>, EventTime),
+    ) {
         input.for_each(|cap, data| {
             let Some(&time) = cap.least() else { return };
+            noted(&cap, time);
             if self.capability.as_ref().is_none_or(|c| time < *c.time()) {
                 self.capability = cap.retain_least(0);
             }

@@ -145,7 +145,6 @@ pub fn prepare(
     settings: &CheckpointSettings,
     source: &crate::source::SourceSpec,
     sinks: &[millstream_sinks::SinkSpec],
-    models: &crate::models::ModelsSettings,
     postgres: &crate::pg_sink::PgSinkSettings,
     cluster: &crate::run::ClusterOptions,
 ) -> anyhow::Result<Option<std::sync::Arc<millstream_events::checkpoint::Checkpointing>>> {
@@ -171,12 +170,6 @@ pub fn prepare(
             urls.len()
         );
     };
-    if models.store.is_some() && models.drift.enabled {
-        anyhow::bail!(
-            "[checkpoint] does not cover the drift stage yet (its windows and the retrainer): run with \
-             [models.drift] enabled = false, or without [checkpoint] (at-least-once, idempotent rows)"
-        );
-    }
     let found = millstream_sinks::postgres::checkpoint::load_blocking(url, postgres.password.as_deref())
         .map_err(|e| anyhow::anyhow!(e))?;
     match &found.restored {
@@ -208,7 +201,6 @@ mod tests {
     fn prepare_with(
         source: &str,
         sinks: &[&str],
-        models: crate::models::ModelsSettings,
     ) -> anyhow::Result<Option<std::sync::Arc<millstream_events::checkpoint::Checkpointing>>> {
         let source: SourceSpec = source.parse().unwrap();
         let sinks: Vec<SinkSpec> = sinks.iter().map(|s| s.parse().unwrap()).collect();
@@ -216,7 +208,6 @@ mod tests {
             &CheckpointSettings { interval_ms: 10_000 },
             &source,
             &sinks,
-            &models,
             &Default::default(),
             &Default::default(),
         )
@@ -230,22 +221,14 @@ mod tests {
             &[],
             &Default::default(),
             &Default::default(),
-            &Default::default(),
         );
         assert!(off.unwrap().is_none());
         let pg = "postgres://u@127.0.0.1:1/db";
-        let e = prepare_with("file:x.jsonl", &[pg], Default::default()).unwrap_err().to_string();
+        let e = prepare_with("file:x.jsonl", &[pg]).unwrap_err().to_string();
         assert!(e.contains("needs a kafka:// source"), "{e}");
-        let e = prepare_with("kafka://127.0.0.1:1/t", &["null"], Default::default()).unwrap_err().to_string();
+        let e = prepare_with("kafka://127.0.0.1:1/t", &["null"]).unwrap_err().to_string();
         assert!(e.contains("exactly one postgres:// sink") && e.contains("got 0"), "{e}");
-        let e = prepare_with("kafka://127.0.0.1:1/t", &[pg, pg], Default::default()).unwrap_err().to_string();
+        let e = prepare_with("kafka://127.0.0.1:1/t", &[pg, pg]).unwrap_err().to_string();
         assert!(e.contains("got 2"), "{e}");
-        let mut models = crate::models::ModelsSettings {
-            store: Some(millstream_connectors::model_store::ModelStoreConfig::new("file:///tmp/models")),
-            ..Default::default()
-        };
-        models.drift.enabled = true;
-        let e = prepare_with("kafka://127.0.0.1:1/t", &[pg], models).unwrap_err().to_string();
-        assert!(e.contains("does not cover the drift stage"), "{e}");
     }
 }

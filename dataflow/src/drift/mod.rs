@@ -18,6 +18,7 @@ pub mod windows;
 
 use std::sync::Arc;
 
+use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::{EventTime, SinkEvent};
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback};
@@ -46,6 +47,7 @@ pub fn drift_stage<'scope>(
     settings: Arc<ModelsSettings>,
     epoch_ms: u64,
     stats: Arc<RunStats>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> DriftOutputs<'scope> {
     let (handle, updates) = if settings.retrain.enabled {
         let (handle, retrained) = scope.feedback::<Vec<ModelUpdate>>(settings.retrain.switch_delay_ms.max(1));
@@ -54,9 +56,10 @@ pub fn drift_stage<'scope>(
         (None, store_updates)
     };
 
-    let observations = observe::observe(events, updates.clone(), Arc::clone(&settings), epoch_ms);
-    let window_observations = observations.clone().flat_map(|o| match o {
-        Observation::Window(key, bin, enter, count) => Some((key, bin, enter, count)),
+    let observations =
+        observe::observe(events, updates.clone(), Arc::clone(&settings), epoch_ms, checkpoints.clone());
+    let window_entries = observations.clone().flat_map(|o| match o {
+        Observation::Window(entry) => Some(entry),
         _ => None,
     });
     let recorder = Arc::clone(&stats);
@@ -67,13 +70,14 @@ pub fn drift_stage<'scope>(
         }
         _ => None,
     });
-    let histograms = windows::window_histograms(window_observations, &settings.drift);
+    let histograms = windows::window_histograms(window_entries, &settings.drift);
     let judged = windows::judge(
         histograms,
         updates.clone(),
         settings.drift.clone(),
         settings.retrain.clone(),
         Arc::clone(&stats),
+        checkpoints.clone(),
     );
     let recorder = Arc::clone(&stats);
     let window_drift = judged.clone().flat_map(move |j| match j {
@@ -99,6 +103,7 @@ pub fn drift_stage<'scope>(
             updates.clone(),
             Arc::clone(&settings),
             Arc::clone(&stats),
+            checkpoints,
         );
         events = events.concat(retrained.clone().flat_map(move |r| {
             let event = retrain::lineage_event(&r)?;

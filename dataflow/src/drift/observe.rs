@@ -25,6 +25,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Stream;
 
+use millstream_events::checkpoint::{owner, WorkerCheckpoints};
+
 use super::settings::DriftSettings;
 use crate::models::{ModelUpdate, ModelsSettings};
 use crate::stash::{epoch, Next, Ordered};
@@ -33,6 +35,8 @@ use crate::stash::{epoch, Next, Ordered};
 struct Params {
     drift: DriftSettings,
     rows: bool,
+    /// Keep the window entries still in a window, for checkpoints.
+    keep_live: bool,
 }
 
 impl std::ops::Deref for Params {
@@ -83,12 +87,22 @@ pub struct TrainingRow {
     pub clean: bool,
 }
 
+/// `count` values in `bin` of `key`'s reference, in the windows from `enter` (a slide
+/// boundary) until `leave` (the slide boundary at which the window no longer covers them):
+/// one per key and bin per slide, not per bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowEntry {
+    pub key: WindowKey,
+    pub bin: u16,
+    pub enter: EventTime,
+    pub leave: EventTime,
+    pub count: u32,
+}
+
 /// What the observer hands on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Observation {
-    /// `count` values in `bin` of `key`'s reference, entering the window at the time it
-    /// carries (a slide boundary): one observation per key and bin per slide, not per bucket.
-    Window(WindowKey, u16, EventTime, u32),
+    Window(WindowEntry),
     Drift(Box<DriftEvent>),
     Row(Box<TrainingRow>),
 }
@@ -152,6 +166,7 @@ pub fn apply_update(models: &mut FxHashMap<String, Arc<References>>, update: &Mo
 /// averaged. Sensors are autocorrelated (cycles, slow states), and a CUSUM fed every bucket of
 /// a cycle would read each half-cycle as a shift; averaged over blocks as long as the cycle,
 /// the values are nearly independent, which is what the detector's thresholds assume.
+#[derive(Serialize, Deserialize)]
 struct SensorDetector {
     detector: ChangeDetector,
     /// When the current reference began (the first bucket after a reset).
@@ -160,7 +175,10 @@ struct SensorDetector {
     block_count: u32,
 }
 
+#[derive(Serialize, Deserialize)]
 struct AssetState {
+    /// From the configuration, not the checkpoint.
+    #[serde(skip)]
     model: Option<String>,
     version: u64,
     bucket_ms: u64,
@@ -176,10 +194,14 @@ struct AssetState {
     row: Vec<f64>,
     /// The window observations of the current slide, counted.
     slide: Option<Slide>,
+    /// With checkpoints: the window entries emitted that may still be in a window (a restore
+    /// puts them back into the windows, which are not checkpointed themselves).
+    live: Vec<WindowEntry>,
 }
 
 /// One asset's window observations for one slide, counted per subject and bin; flushed when
 /// no bucket can still fall into the slide.
+#[derive(Serialize, Deserialize)]
 struct Slide {
     /// The slide boundary at which they enter the windows.
     enter: EventTime,
@@ -195,8 +217,14 @@ pub fn observe<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     models_settings: Arc<ModelsSettings>,
     epoch_ms: u64,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Observation>> {
-    let settings = Params { drift: models_settings.drift.clone(), rows: models_settings.retrain.enabled };
+    let settings = Params {
+        drift: models_settings.drift.clone(),
+        rows: models_settings.retrain.enabled,
+        keep_live: checkpoints.is_some(),
+    };
+    let (worker, peers) = (events.scope().index(), events.scope().peers());
     // Only on-time readings cross to the observer; the rest never leaves its worker (an
     // anomaly's flattened episode cannot cross processes as bincode).
     let readings = events.flat_map(|e| match e {
@@ -204,27 +232,73 @@ pub fn observe<'scope>(
         _ => None,
     });
     let pact = Exchange::new(|r: &ReadingRow| crate::score::sensor_route(&r.asset_id));
-    readings.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |_, _| {
+    readings.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |initial, _| {
         let epoch_ms = epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
         let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
         let mut ordered: Ordered<ReadingRow, ModelUpdate> = Ordered::default();
         let mut emit: Vec<(EventTime, Observation)> = Vec::new();
+        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+            let saved: Vec<Vec<(CompactString, AssetState)>> =
+                crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+            for (asset, mut state) in saved.into_iter().flatten() {
+                if owner(crate::score::sensor_route(&asset), peers) == worker {
+                    state.model = models_settings.model_for(&asset).map(str::to_owned);
+                    assets.insert(asset, state);
+                }
+            }
+            if let Some(b) = checkpointing.restored_boundary() {
+                // The windows are not checkpointed: the entries still in them enter again at
+                // the boundary (the windows from it on are the same), and leave when they did.
+                for state in assets.values_mut() {
+                    state.live.retain(|e| e.leave > b);
+                    for entry in &state.live {
+                        emit.push((
+                            b,
+                            Observation::Window(WindowEntry { enter: entry.enter.max(b), ..entry.clone() }),
+                        ));
+                    }
+                    state.release_from(b);
+                }
+                if !emit.is_empty() || assets.values().any(|s| s.owed().is_some()) {
+                    ordered.records.capability = Some(initial.delayed(&b));
+                }
+            }
+            crate::checkpoint::Checkpointer::for_worker(
+                CHECKPOINT_COMPONENT,
+                &checkpointing,
+                registry,
+                initial,
+            )
+        });
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
-            ordered.records.take(readings);
+            ordered.records.take_noting(readings, |cap, time| {
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(cap, time);
+                }
+            });
             ordered.take_updates(updates);
             let (readings_frontier, updates_frontier) =
                 (readings_frontier.frontier(), updates_frontier.frontier());
             while let Some(next) = ordered.next(readings_frontier, updates_frontier) {
+                let time = match &next {
+                    Next::Updates(t, _) | Next::Records(t, _) => *t,
+                };
+                // Everything before `time` is in: buckets and slides that end before it are
+                // complete (closed here rather than later, so that the state at a checkpoint
+                // boundary holds no bucket that no input after it can change).
+                close_buckets_before(time, epoch_ms, &mut assets, &models, &settings, &mut emit);
+                if let Some(b) = checkpointer.as_mut().and_then(|c| c.before(time, || snapshot(&assets))) {
+                    assets.values_mut().for_each(|s| s.release_from(b));
+                }
                 match next {
-                    Next::Updates(u, updates) => {
-                        close_buckets_before(u, epoch_ms, &mut assets, &models, &settings, &mut emit);
+                    Next::Updates(_, updates) => {
                         for update in updates {
                             // The old version's slides end here: its windows get no more.
                             if let Some(refs) = models.get(&update.name) {
                                 for (asset, state) in assets.iter_mut() {
                                     if state.model.as_deref() == Some(update.name.as_str()) {
-                                        state.flush_slide(asset, refs, &mut emit);
+                                        state.flush_slide(asset, refs, &settings, &mut emit);
                                     }
                                 }
                             }
@@ -266,16 +340,33 @@ pub fn observe<'scope>(
                     }
                 }
             }
+            if let Some(c) = checkpointer.as_mut() {
+                let both: timely::progress::Antichain<EventTime> = readings_frontier
+                    .iter()
+                    .chain(updates_frontier.iter())
+                    .min()
+                    .copied()
+                    .into_iter()
+                    .collect();
+                if let Some(b) = c.passed(both.borrow(), || snapshot(&assets)) {
+                    assets.values_mut().for_each(|s| s.release_from(b));
+                }
+            }
             // Hold the capability at the earliest reading still pending, in an open bucket, or
             // in a slide not yet flushed.
-            let owed = assets
-                .values()
-                .filter_map(|s| s.bucket_time)
-                .chain(assets.values().filter_map(|s| s.slide.as_ref().map(|slide| slide.hold)))
-                .min();
-            ordered.records.hold(owed);
+            ordered.records.hold(assets.values().filter_map(AssetState::owed).min());
         }
     })
+}
+
+/// The stage's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "drift_observe";
+
+/// Every asset's state, for a checkpoint.
+fn snapshot(assets: &FxHashMap<CompactString, AssetState>) -> Vec<u8> {
+    let mut all: Vec<(&CompactString, &AssetState)> = assets.iter().collect();
+    all.sort_by_key(|(asset, _)| *asset);
+    crate::checkpoint::encode(&all)
 }
 
 fn close_buckets_before(
@@ -294,7 +385,7 @@ fn close_buckets_before(
         }
         // A slide no reading still in flight can add to is complete.
         if state.slide.as_ref().is_some_and(|slide| slide.enter < limit) {
-            state.flush_slide(asset, refs, emit);
+            state.flush_slide(asset, refs, settings, emit);
         }
     }
 }
@@ -319,7 +410,10 @@ fn admit(
     if state.version != refs.version {
         // A new version: its references replace the old ones; the open bucket (aligned for
         // the old one) is dropped, and the detectors learn their reference again.
+        // Entries of the old version stay in the windows until they leave.
+        let live = std::mem::take(&mut state.live);
         *state = AssetState::new(state.model.take());
+        state.live = live;
         state.version = refs.version;
         state.bucket_ms = refs.artifact.bucket_ms.max(1);
         state.features = FeatureState::new(&refs.plan);
@@ -367,7 +461,7 @@ fn close_bucket(
     state.features.push(&refs.plan, &sensors, &mut state.row);
     let enter = end.div_ceil(settings.slide_ms) * settings.slide_ms;
     if state.slide.as_ref().is_some_and(|slide| slide.enter != enter) {
-        state.flush_slide(asset, refs, emit);
+        state.flush_slide(asset, refs, settings, emit);
     }
     let slide = state.slide.get_or_insert_with(|| Slide { enter, hold: end, counts: BTreeMap::new() });
     for (i, value) in sensors.iter().enumerate() {
@@ -448,7 +542,28 @@ impl AssetState {
             sensor_ids: Vec::new(),
             row: Vec::new(),
             slide: None,
+            live: Vec::new(),
         }
+    }
+
+    /// The earliest time this asset still owes outputs at: its open bucket's, or its slide's.
+    fn owed(&self) -> Option<EventTime> {
+        self.bucket_time.into_iter().chain(self.slide.as_ref().map(|s| s.hold)).min()
+    }
+
+    /// From now on, what is owed leaves at `boundary` or later (as in the asset stage: what
+    /// comes out after a registered boundary comes partly of inputs after it, which no state
+    /// downstream may hold at the boundary). Only window entries can be owed from before the
+    /// boundary (buckets that end before it are closed before it is registered), and their
+    /// timely time is not part of what they say.
+    fn release_from(&mut self, boundary: EventTime) {
+        if let Some(t) = self.bucket_time.as_mut() {
+            *t = (*t).max(boundary);
+        }
+        if let Some(slide) = self.slide.as_mut() {
+            slide.hold = slide.hold.max(boundary);
+        }
+        self.live.retain(|e| e.leave > boundary);
     }
 
     /// Emits the slide's counts as window observations.
@@ -456,9 +571,12 @@ impl AssetState {
         &mut self,
         asset: &CompactString,
         refs: &References,
+        settings: &Params,
         emit: &mut Vec<(EventTime, Observation)>,
     ) {
         let Some(slide) = self.slide.take() else { return };
+        let (window, step) = (settings.window_ms, settings.slide_ms);
+        let leave = (slide.enter + window).div_ceil(step) * step;
         for ((is_feature, index, bin), count) in slide.counts {
             let subject = if is_feature {
                 refs.artifact.features[usize::from(index)].clone()
@@ -469,7 +587,11 @@ impl AssetState {
                 }
             };
             let key = WindowKey::new(refs.label.clone(), asset.to_string(), subject, is_feature);
-            emit.push((slide.hold, Observation::Window(key, bin, slide.enter, count)));
+            let entry = WindowEntry { key, bin, enter: slide.enter, leave, count };
+            if settings.keep_live {
+                self.live.push(entry.clone());
+            }
+            emit.push((slide.hold, Observation::Window(entry)));
         }
     }
 }

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use millstream_connectors::model_store::ModelStore;
+use millstream_events::checkpoint::{owner, WorkerCheckpoints};
 use millstream_events::{EventTime, ModelVersionEvent, ModelVersionStatus, SinkEvent};
 use millstream_operators::kmeans;
 use millstream_operators::model::{signal_references, ModelArtifact};
@@ -92,17 +93,45 @@ pub fn retrain<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     models_settings: Arc<ModelsSettings>,
     stats: Arc<RunStats>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Retrained>> {
     let settings = models_settings.retrain.clone();
     let pact = Exchange::new(|i: &TrainerInput| xxhash_rust::xxh3::xxh3_64(i.model().as_bytes()));
-    inputs.binary_frontier(updates, pact, Pipeline, "Retrain", move |_, _| {
+    let (worker, peers) = (inputs.scope().index(), inputs.scope().peers());
+    inputs.binary_frontier(updates, pact, Pipeline, "Retrain", move |initial, _| {
         let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
         let mut ordered: Ordered<TrainerInput, ModelUpdate> = Ordered::default();
         let mut publisher = Publisher { settings: Arc::clone(&models_settings), store: None };
+        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+            let saved: Vec<Vec<SavedModel>> =
+                crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+            for saved in saved.into_iter().flatten() {
+                if owner(xxhash_rust::xxh3::xxh3_64(saved.name.as_bytes()), peers) == worker {
+                    let (name, state) = saved.restore().unwrap_or_else(|e| crate::fatal(&e));
+                    models.insert(name, state);
+                }
+            }
+            crate::checkpoint::Checkpointer::for_worker(
+                CHECKPOINT_COMPONENT,
+                &checkpointing,
+                registry,
+                initial,
+            )
+        });
         move |(input, input_frontier), (updates, updates_frontier), output| {
-            ordered.records.take(input);
+            ordered.records.take_noting(input, |cap, time| {
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(cap, time);
+                }
+            });
             ordered.take_updates(updates);
             while let Some(next) = ordered.next(input_frontier.frontier(), updates_frontier.frontier()) {
+                if let Some(c) = checkpointer.as_mut() {
+                    let time = match &next {
+                        Next::Updates(t, _) | Next::Records(t, _) => *t,
+                    };
+                    c.before(time, || snapshot(&models));
+                }
                 match next {
                     Next::Updates(u, updates) => {
                         for update in updates {
@@ -137,8 +166,91 @@ pub fn retrain<'scope>(
                 }
             }
             ordered.records.hold(None);
+            if let Some(c) = checkpointer.as_mut() {
+                let both: timely::progress::Antichain<EventTime> = input_frontier
+                    .frontier()
+                    .iter()
+                    .chain(updates_frontier.frontier().iter())
+                    .min()
+                    .copied()
+                    .into_iter()
+                    .collect();
+                c.passed(both.borrow(), || snapshot(&models));
+            }
         }
     })
+}
+
+/// The retrainer's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "retrain";
+
+/// One model's retraining state in a checkpoint: everything but the serving version, which
+/// the model updates bring back.
+#[derive(Serialize, Deserialize)]
+struct SavedModel {
+    name: String,
+    rows: Vec<TrainingRow>,
+    last_retrain: Option<EventTime>,
+    answered: Option<u64>,
+    attempted_at: Option<EventTime>,
+    probation: Option<SavedProbation>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedProbation {
+    from: EventTime,
+    version: u64,
+    parent_version: u64,
+    /// The parent's artifact, encoded (it comes back if the new version is rolled back).
+    parent: Vec<u8>,
+    scored: usize,
+    anomalous: usize,
+}
+
+impl SavedModel {
+    fn restore(self) -> Result<(String, ModelState), String> {
+        let SavedModel { name, rows, last_retrain, answered, attempted_at, probation } = self;
+        let probation = match probation {
+            None => None,
+            Some(SavedProbation { from, version, parent_version, parent, scored, anomalous }) => {
+                let artifact = ModelArtifact::decode(&parent)
+                    .map_err(|e| format!("checkpoint part {CHECKPOINT_COMPONENT}: model {name}: {e}"))?;
+                let parent = Arc::new(Serving { version: parent_version, artifact });
+                Some(Probation { from, version, parent, scored, anomalous })
+            }
+        };
+        let state =
+            ModelState { serving: None, rows: rows.into(), last_retrain, answered, attempted_at, probation };
+        Ok((name, state))
+    }
+}
+
+/// Every model's retraining state, for a checkpoint.
+fn snapshot(models: &FxHashMap<String, ModelState>) -> Vec<u8> {
+    let mut names: Vec<&String> = models.keys().collect();
+    names.sort();
+    let saved: Vec<SavedModel> = names
+        .into_iter()
+        .map(|name| {
+            let state = &models[name];
+            SavedModel {
+                name: name.clone(),
+                rows: state.rows.iter().cloned().collect(),
+                last_retrain: state.last_retrain,
+                answered: state.answered,
+                attempted_at: state.attempted_at,
+                probation: state.probation.as_ref().map(|p| SavedProbation {
+                    from: p.from,
+                    version: p.version,
+                    parent_version: p.parent.version,
+                    parent: p.parent.artifact.encode().expect("a served artifact encodes"),
+                    scored: p.scored,
+                    anomalous: p.anomalous,
+                }),
+            }
+        })
+        .collect();
+    crate::checkpoint::encode(&saved)
 }
 
 /// Puts new versions into the model store, opened on first use.
@@ -149,8 +261,11 @@ struct Publisher {
 
 impl Publisher {
     /// Publishes `bytes` as the next version of `model`: that version, or `None` (logged and
-    /// counted) when the store cannot take it.
-    fn publish(&mut self, model: &str, bytes: &[u8], stats: &RunStats) -> Option<u64> {
+    /// counted) when the store cannot take it. A version above `above` (the one the new
+    /// version replaces) that holds the same bytes is that version, already published: a run
+    /// restored from a checkpoint decides again, to the byte, what the run before it decided
+    /// after the checkpoint, and must not publish it twice under two numbers.
+    fn publish(&mut self, model: &str, bytes: &[u8], above: u64, stats: &RunStats) -> Option<u64> {
         let settings = &self.settings;
         let store = self.store.get_or_insert_with(|| {
             let opened = settings.store.as_ref()?.open();
@@ -158,7 +273,26 @@ impl Publisher {
                 .map_err(|e| tracing::error!(error = %e, "the retrainer cannot open the model store: new versions are served but not published"))
                 .ok()
         });
-        match store.as_ref()?.put(model, bytes) {
+        let store = store.as_ref()?;
+        match store.versions(model) {
+            Ok(versions) => {
+                for version in versions.into_iter().filter(|v| *v > above) {
+                    if store.get(model, version).is_ok_and(|published| published == bytes) {
+                        tracing::info!(
+                            model,
+                            version,
+                            "this model version was published before (by the run this one restored)"
+                        );
+                        return Some(version);
+                    }
+                }
+            }
+            Err(e) => {
+                stats.model_store_errors.inc();
+                tracing::warn!(model, error = %e, "cannot list the model's versions before publishing");
+            }
+        }
+        match store.put(model, bytes) {
             Ok(version) => Some(version),
             Err(e) => {
                 stats.model_store_errors.inc();
@@ -246,7 +380,7 @@ fn add_row(
         let mut artifact = parent.artifact.clone();
         artifact.effective_from = Some(now + settings.switch_delay_ms);
         if let Ok(bytes) = artifact.encode() {
-            let published = publisher.publish(&row.model, &bytes, stats);
+            let published = publisher.publish(&row.model, &bytes, bad_version, stats);
             let version = published.unwrap_or(bad_version + 1);
             let restored = ModelVersionEvent {
                 model: row.model.clone(),
@@ -376,7 +510,7 @@ fn answer(
             return;
         }
     };
-    let published = publisher.publish(&request.model, &bytes, stats);
+    let published = publisher.publish(&request.model, &bytes, serving.version, stats);
     lineage.published = published.is_some();
     let version = published.unwrap_or(serving.version + 1);
     tracing::info!(model = %request.model, version, parent = serving.version, effective_from, rows = fit.len(), "retrained model version");

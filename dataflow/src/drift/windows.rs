@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
+use millstream_events::checkpoint::{owner, WorkerCheckpoints};
 use millstream_events::{CompactString, DriftEvent, DriftStatistic, EventTime};
 use millstream_operators::drift::window::WindowStats;
 use rustc_hash::FxHashMap;
@@ -28,7 +29,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::observe::{apply_update, References, WindowKey};
+use super::observe::{apply_update, References, WindowEntry, WindowKey};
 use super::settings::{DriftSettings, RetrainSettings};
 use crate::models::ModelUpdate;
 
@@ -58,14 +59,12 @@ pub type HistogramUpdate = ((WindowKey, Vec<u64>), EventTime, isize);
 
 /// Histograms per key, one new value per slide boundary at which the window changed.
 pub fn window_histograms<'scope>(
-    observations: Stream<'scope, EventTime, Vec<(WindowKey, u16, EventTime, u32)>>,
+    entries: Stream<'scope, EventTime, Vec<WindowEntry>>,
     settings: &DriftSettings,
 ) -> Stream<'scope, EventTime, Vec<HistogramUpdate>> {
-    let (slide, window) = (settings.slide_ms, settings.window_ms);
     let bins = settings.bins;
-    observations
-        .flat_map(move |(key, bin, enter, count)| {
-            let leave = (enter + window).div_ceil(slide) * slide;
+    entries
+        .flat_map(move |WindowEntry { key, bin, enter, leave, count }| {
             let count = count as isize;
             [((key.clone(), bin), enter, count), ((key, bin), leave, -count)]
         })
@@ -83,8 +82,11 @@ pub fn window_histograms<'scope>(
 }
 
 /// Per key, which statistics are in drift and since when.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct KeyState {
+    /// The histogram last judged: after a restore, the reduce gives every window's histogram
+    /// at the boundary again, and one that did not change was judged already.
+    last: Vec<u64>,
     drifting: [bool; 3],
     /// The first boundary of the current unbroken drift, and when it last asked for a new
     /// version (again every `sustain_ms` while the drift lasts: a refused retraining may pass
@@ -102,9 +104,11 @@ pub fn judge<'scope>(
     drift: DriftSettings,
     retrain: RetrainSettings,
     stats: Arc<crate::stats::RunStats>,
+    checkpoints: Option<WorkerCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Judgement>> {
+    let (worker, peers) = (histograms.scope().index(), histograms.scope().peers());
     // The reduce's output is already partitioned by key: judge where it is.
-    histograms.binary_frontier(updates, Pipeline, Pipeline, "DriftJudge", move |_, _| {
+    histograms.binary_frontier(updates, Pipeline, Pipeline, "DriftJudge", move |initial, _| {
         let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
         // Per time: the new histogram of each key that changed (None: its window emptied).
         let mut pending: BTreeMap<EventTime, BTreeMap<WindowKey, Option<Vec<u64>>>> = BTreeMap::new();
@@ -113,9 +117,35 @@ pub fn judge<'scope>(
         let mut capability: Option<Capability<EventTime>> = None;
         // This worker's share of the open-windows gauge.
         let mut counted = 0i64;
+        // After a restore, the boundary: the reduce gives every window still open there, so a
+        // restored key it does not give had emptied by then.
+        let mut sweep: Option<EventTime> = None;
+        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+            let saved: Vec<Vec<(WindowKey, KeyState)>> =
+                crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
+            for (key, state) in saved.into_iter().flatten() {
+                // Where the reduce's arrangement puts the key.
+                if owner(differential_dataflow::Hashable::hashed(&key), peers) == worker {
+                    states.insert(key, state);
+                }
+            }
+            sweep = checkpointing.restored_boundary();
+            crate::checkpoint::Checkpointer::for_worker(
+                CHECKPOINT_COMPONENT,
+                &checkpointing,
+                registry,
+                initial,
+            )
+        });
+        let snapshot = |states: &BTreeMap<WindowKey, KeyState>| {
+            crate::checkpoint::encode(&states.iter().collect::<Vec<_>>())
+        };
         move |(input, input_frontier), (updates, updates_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
+                if let Some(c) = checkpointer.as_mut() {
+                    c.on_input(&cap, time);
+                }
                 if capability.as_ref().is_none_or(|c| time < *c.time()) {
                     capability = cap.retain_least(0);
                 }
@@ -138,12 +168,22 @@ pub fn judge<'scope>(
                 let next = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
                 match (next_update, next) {
                     (Some(u), t) if t.is_none_or(|t| u <= t) => {
+                        if let Some(c) = checkpointer.as_mut() {
+                            c.before(u, || snapshot(&states));
+                        }
                         for update in pending_updates.remove(&u).unwrap_or_default() {
                             apply_update(&mut models, &update, drift.bins);
                         }
                     }
                     (_, Some(t)) => {
+                        if let Some(c) = checkpointer.as_mut() {
+                            c.before(t, || snapshot(&states));
+                        }
                         let changed = pending.remove(&t).unwrap_or_default();
+                        if let Some(b) = sweep.filter(|b| t >= *b) {
+                            states.retain(|key, _| t == b && changed.contains_key(key));
+                            sweep = None;
+                        }
                         let cap = capability.as_ref().expect("held with the pending histograms");
                         let time_cap = cap.delayed(&t);
                         let mut session = output.session(&time_cap);
@@ -161,6 +201,15 @@ pub fn judge<'scope>(
                     _ => break,
                 }
             }
+            if let Some(b) = sweep {
+                if !input_frontier.frontier().less_equal(&b)
+                    && pending.first_key_value().is_none_or(|(t, _)| *t > b)
+                {
+                    // Nothing at the boundary: no window was open there.
+                    states.clear();
+                    sweep = None;
+                }
+            }
             let open = states.len() as i64;
             stats.drift_windows.add(open - counted);
             counted = open;
@@ -169,9 +218,23 @@ pub fn judge<'scope>(
                 (None, _) => capability = None,
                 (Some(_), None) => unreachable!("pending histograms came with a capability"),
             }
+            if let Some(c) = checkpointer.as_mut() {
+                let both: timely::progress::Antichain<EventTime> = input_frontier
+                    .frontier()
+                    .iter()
+                    .chain(updates_frontier.frontier().iter())
+                    .min()
+                    .copied()
+                    .into_iter()
+                    .collect();
+                c.passed(both.borrow(), || snapshot(&states));
+            }
         }
     })
 }
+
+/// The judge's name in checkpoints.
+const CHECKPOINT_COMPONENT: &str = "drift_judge";
 
 #[allow(clippy::too_many_arguments)]
 fn judge_window(
@@ -185,6 +248,10 @@ fn judge_window(
     mut give: impl FnMut(Judgement),
 ) {
     let state = states.entry(key.clone()).or_default();
+    if state.last == counts {
+        return;
+    }
+    state.last = counts.to_vec();
     let Some((name, refs)) = key.model.split_once('@').and_then(|(name, _)| Some((name, models.get(name)?)))
     else {
         return;
