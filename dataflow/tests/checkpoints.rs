@@ -76,7 +76,8 @@ const STEPS: u64 = 2_400;
 /// The seed of the input (fixed: the input is the same on every machine and every run).
 const INPUT_SEED: u64 = 8;
 /// Tables that must be identical to the reference's.
-const COMPARED: [&str; 4] = ["readings", "readings_1m", "anomalies", "sensors"];
+const COMPARED: [&str; 6] =
+    ["readings", "readings_1m", "anomalies", "sensors", "drift_events", "model_versions"];
 /// When a run to be killed after its first checkpoint is killed if it has committed none.
 const NO_COMMIT_KILL: Duration = Duration::from_secs(8);
 /// The longest any one run may take (a run of the whole input takes seconds).
@@ -246,7 +247,9 @@ impl Stack {
     }
 
     /// [`Stack::database`], with `extra` at the end of the configuration.
+    /// `@NAME@` in `extra` stands for `name` (a model store of the database's own).
     fn database_with(&self, name: &str, extra: &str) -> String {
+        let extra = extra.replace("@NAME@", name);
         let url = self.pg.create_database(name).unwrap();
         run_ok(&["migrate", "--database-url", &url]);
         std::fs::write(
@@ -842,6 +845,79 @@ fn train_models(stack: &Stack) -> String {
         "[models]\nstore = {{ url = \"{store}\" }}\npoll_interval_ms = 1000\nassets = {{ {} }}\n\
          [models.drift]\nenabled = false\n",
         assets.join(", ")
+    )
+}
+
+/// [`kill_nine_drill_with_models`] with the drift stage and retraining on (`[models.drift]`,
+/// `[models.retrain]`, windows of 10 minutes): its windows, judge, sequential detectors and
+/// retrainer, and the model versions in service, are checkpointed too. Each database has a
+/// model store of its own, with the same first versions: a retrained version published by the
+/// drilled runs must not serve in the reference. `drift_events` and `model_versions` are compared
+/// with the rest; the reference must hold window drift events and a retrained version in service
+/// (every retraining passes its check here: `max_holdback_anomaly_rate = 1`).
+#[test]
+fn kill_nine_drill_with_drift() {
+    let _serial = one_at_a_time();
+    let drill = kill_nine("kill-9 drill with drift", 3, drift_models, KillPlan::draw_for_models);
+    let kinds = |url: &str| {
+        try_psql(
+            url,
+            "SELECT string_agg(d, ', ' ORDER BY d) FROM (SELECT statistic || ': ' || count(*) AS d \
+             FROM drift_events GROUP BY statistic) AS counts",
+        )
+    };
+    let versions = |url: &str| {
+        try_psql(
+            url,
+            "SELECT string_agg(model || ' v' || version || ' ' || status || ' from ' || effective_from, '; ' \
+             ORDER BY model, version) FROM model_versions",
+        )
+    };
+    eprintln!(
+        "drift events by statistic: reference {:?}, drilled {:?}\nmodel versions: reference {:?}, drilled {:?}",
+        kinds(&drill.reference),
+        kinds(&drill.drilled),
+        versions(&drill.reference),
+        versions(&drill.drilled)
+    );
+    let number = |url: &str, sql: &str| try_psql(url, sql).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let windows = number(
+        &drill.reference,
+        "SELECT count(*) FROM drift_events WHERE statistic IN ('psi', 'ks', 'wasserstein')",
+    );
+    let sequential = number(
+        &drill.reference,
+        "SELECT count(*) FROM drift_events WHERE statistic IN ('mean_shift', 'variance_shift')",
+    );
+    let serving = number(&drill.reference, "SELECT count(*) FROM model_versions WHERE status = 'serving'");
+    eprintln!("reference: {windows} window drift events, {sequential} sequential ones, {serving} retrained versions");
+    // (The sequential detectors are checkpointed and compared all the same; on this input, with
+    // its 10-minute cycles, they do not fire within the 40 minutes.)
+    assert!(
+        windows >= 1 && serving >= 1,
+        "the reference has {windows} window drift events and {serving} retrained versions: the drill would \
+         not test the drift stage's checkpoints"
+    );
+    drill.assert_identical();
+}
+
+/// [`train_models`] into a store of each database's own (copies of one training), with the drift
+/// stage and retraining on.
+fn drift_models(stack: &Stack) -> String {
+    let models = train_models(stack);
+    let trained = stack.path("models");
+    for name in ["drilled", "reference"] {
+        let copy = stack.path(&format!("models-{name}"));
+        let status = Command::new("cp").arg("-r").arg(&trained).arg(&copy).status().expect("cp runs");
+        assert!(status.success(), "cp -r {} {}", trained.display(), copy.display());
+    }
+    let store = format!("file://{}", trained.display());
+    let own = format!("file://{}-@NAME@", trained.display());
+    let models = models.replace(&store, &own).replace("[models.drift]\nenabled = false\n", "");
+    format!(
+        "{models}[models.drift]\nenabled = true\nwindow_ms = 600000\nslide_ms = 60000\nblock_buckets = 30\n\
+         [models.retrain]\nenabled = true\nsustain_ms = 120000\nwindow_ms = 600000\nmin_rows = 100\n\
+         max_holdback_anomaly_rate = 1.0\nmin_interval_ms = 600000\nswitch_delay_ms = 30000\n"
     )
 }
 

@@ -24,10 +24,18 @@ pub mod settings;
 use millstream_events::checkpoint::{boundary_after, boundary_at_or_before, Part, SharedRegistry};
 use millstream_events::EventTime;
 use timely::dataflow::operators::Capability;
+use timely::dataflow::ProbeHandle;
 
 pub use settings::CheckpointSettings;
 
 pub use millstream_events::checkpoint::{decode, encode};
+
+/// What a component inside the drift stage's feedback loop checkpoints with: the worker's
+/// checkpoints, and a probe of the stream that drives the loop ([`Checkpointer::driven_by`]).
+pub type LoopCheckpoints = (millstream_events::checkpoint::WorkerCheckpoints, ProbeHandle<EventTime>);
+
+/// The boundary a component that stopped registering covers to (within PostgreSQL's bigint).
+const LAST_BOUNDARY: EventTime = i64::MAX as EventTime;
 
 /// Decodes every old worker's part of `component`, or ends the run: a checkpoint that cannot
 /// be read must not be silently replaced by empty state.
@@ -51,6 +59,10 @@ pub struct Checkpointer {
     registry: SharedRegistry,
     next: Option<EventTime>,
     capability: Option<Capability<EventTime>>,
+    /// For a component inside a feedback loop: the stream that drives it from outside.
+    driver: Option<ProbeHandle<EventTime>>,
+    /// Registering has ended: inputs that still come (a loop draining) start nothing again.
+    ended: bool,
 }
 
 impl Checkpointer {
@@ -69,7 +81,15 @@ impl Checkpointer {
             cap.downgrade(&b);
             cap
         });
-        Checkpointer { component, interval_ms, registry, next: restored, capability }
+        Checkpointer {
+            component,
+            interval_ms,
+            registry,
+            next: restored,
+            capability,
+            driver: None,
+            ended: false,
+        }
     }
 
     /// [`Self::new`] for a run's checkpoints as a worker sees them.
@@ -82,6 +102,18 @@ impl Checkpointer {
         Self::new(component, checkpointing.interval_ms, registry, checkpointing.restored_boundary(), initial)
     }
 
+    /// Ends the registering once `driver` (a stream from outside the component's feedback
+    /// loop) is complete. Inside a loop, the capability held at the next boundary comes back
+    /// through the loop into the component's own input frontier, which then never empties: the
+    /// component would keep registering boundary after boundary, each a step of the loop's delay
+    /// further, and the run would never end. When the driver is complete the state is
+    /// registered once more, for every boundary from the next on (what changes after the input
+    /// ended only matters to a restore after a completed bounded run).
+    pub fn driven_by(mut self, driver: ProbeHandle<EventTime>) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
     /// An input at `time` with its capability: the first one starts the registering (the
     /// boundaries up to it had empty state, which needs no part).
     pub fn on_input(
@@ -89,7 +121,7 @@ impl Checkpointer {
         capability: &timely::dataflow::operators::InputCapability<EventTime>,
         time: EventTime,
     ) {
-        if self.next.is_none() {
+        if self.next.is_none() && !self.ended {
             let next = boundary_after(time, self.interval_ms);
             self.next = Some(next);
             self.capability = Some(capability.delayed(&next, 0));
@@ -126,9 +158,18 @@ impl Checkpointer {
         frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
         snapshot: impl FnOnce() -> Vec<u8>,
     ) -> Option<EventTime> {
+        if self.driver.as_ref().is_some_and(|d| d.done()) && self.next.is_some() {
+            // (Not a boundary to release held outputs from: nothing follows it.)
+            self.before(LAST_BOUNDARY, snapshot);
+            self.capability = None;
+            self.next = None;
+            self.ended = true;
+            return None;
+        }
         let Some(&f) = frontier.first() else {
             self.capability = None;
             self.next = None;
+            self.ended = true;
             return None;
         };
         let registered = self.before(f, snapshot);

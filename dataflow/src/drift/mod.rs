@@ -21,8 +21,8 @@ use std::sync::Arc;
 use millstream_events::checkpoint::WorkerCheckpoints;
 use millstream_events::{EventTime, SinkEvent};
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Concat, ConnectLoop, Feedback};
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Probe};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::models::{ModelUpdate, ModelsSettings};
 use crate::stats::RunStats;
@@ -56,6 +56,11 @@ pub fn drift_stage<'scope>(
         (None, store_updates)
     };
 
+    // The loop is driven by the sensor stage's events: once they are complete, the stage's
+    // components stop holding checkpoint boundaries (see `Checkpointer::driven_by`).
+    let driver = ProbeHandle::new();
+    let events = events.probe_with(&driver);
+    let checkpoints = checkpoints.map(|c| (c, driver));
     let observations =
         observe::observe(events, updates.clone(), Arc::clone(&settings), epoch_ms, checkpoints.clone());
     let window_entries = observations.clone().flat_map(|o| match o {

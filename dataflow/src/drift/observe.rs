@@ -25,7 +25,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Stream;
 
-use millstream_events::checkpoint::{owner, WorkerCheckpoints};
+use millstream_events::checkpoint::owner;
 
 use super::settings::DriftSettings;
 use crate::models::{ModelUpdate, ModelsSettings};
@@ -203,11 +203,12 @@ struct AssetState {
 /// no bucket can still fall into the slide.
 #[derive(Serialize, Deserialize)]
 struct Slide {
-    /// The slide boundary at which they enter the windows.
+    /// The slide boundary at which they enter the windows: also the time they are emitted at,
+    /// and the capability is held there until then. (Not earlier: the retrainer's versions come
+    /// back into this operator through a loop as late as the observer's output frontier plus
+    /// the switch delay, and readings wait for them; a hold a slide behind the readings would
+    /// leave them waiting for ever when the delay is shorter than a slide.)
     enter: EventTime,
-    /// The end of the slide's first bucket: the time they are emitted at (and the capability
-    /// is held at until then).
-    hold: EventTime,
     /// (is a feature, plan sensor or feature index, bin) → count.
     counts: BTreeMap<(bool, u16, u16), u32>,
 }
@@ -217,7 +218,7 @@ pub fn observe<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     models_settings: Arc<ModelsSettings>,
     epoch_ms: u64,
-    checkpoints: Option<WorkerCheckpoints>,
+    checkpoints: Option<crate::checkpoint::LoopCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Observation>> {
     let settings = Params {
         drift: models_settings.drift.clone(),
@@ -238,7 +239,7 @@ pub fn observe<'scope>(
         let mut assets: FxHashMap<CompactString, AssetState> = FxHashMap::default();
         let mut ordered: Ordered<ReadingRow, ModelUpdate> = Ordered::default();
         let mut emit: Vec<(EventTime, Observation)> = Vec::new();
-        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+        let mut checkpointer = checkpoints.map(|((checkpointing, registry), driver)| {
             let saved: Vec<Vec<(CompactString, AssetState)>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for (asset, mut state) in saved.into_iter().flatten() {
@@ -270,6 +271,7 @@ pub fn observe<'scope>(
                 registry,
                 initial,
             )
+            .driven_by(driver)
         });
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
             ordered.records.take_noting(readings, |cap, time| {
@@ -463,7 +465,7 @@ fn close_bucket(
     if state.slide.as_ref().is_some_and(|slide| slide.enter != enter) {
         state.flush_slide(asset, refs, settings, emit);
     }
-    let slide = state.slide.get_or_insert_with(|| Slide { enter, hold: end, counts: BTreeMap::new() });
+    let slide = state.slide.get_or_insert_with(|| Slide { enter, counts: BTreeMap::new() });
     for (i, value) in sensors.iter().enumerate() {
         if let Some(bin) = value.and_then(|v| refs.sensors[i].as_ref()?.bin_of(v)) {
             *slide.counts.entry((false, i as u16, bin)).or_default() += 1;
@@ -548,20 +550,17 @@ impl AssetState {
 
     /// The earliest time this asset still owes outputs at: its open bucket's, or its slide's.
     fn owed(&self) -> Option<EventTime> {
-        self.bucket_time.into_iter().chain(self.slide.as_ref().map(|s| s.hold)).min()
+        self.bucket_time.into_iter().chain(self.slide.as_ref().map(|s| s.enter)).min()
     }
 
     /// From now on, what is owed leaves at `boundary` or later (as in the asset stage: what
     /// comes out after a registered boundary comes partly of inputs after it, which no state
-    /// downstream may hold at the boundary). Only window entries can be owed from before the
-    /// boundary (buckets that end before it are closed before it is registered), and their
-    /// timely time is not part of what they say.
+    /// downstream may hold at the boundary). Nothing is emitted before the boundary anyway:
+    /// buckets and slides that end before it are closed before it is registered, so only the
+    /// capability held for an open bucket that began before it moves up.
     fn release_from(&mut self, boundary: EventTime) {
         if let Some(t) = self.bucket_time.as_mut() {
             *t = (*t).max(boundary);
-        }
-        if let Some(slide) = self.slide.as_mut() {
-            slide.hold = slide.hold.max(boundary);
         }
         self.live.retain(|e| e.leave > boundary);
     }
@@ -591,7 +590,7 @@ impl AssetState {
             if settings.keep_live {
                 self.live.push(entry.clone());
             }
-            emit.push((slide.hold, Observation::Window(entry)));
+            emit.push((slide.enter, Observation::Window(entry)));
         }
     }
 }

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use millstream_connectors::model_store::ModelStore;
-use millstream_events::checkpoint::{owner, WorkerCheckpoints};
+use millstream_events::checkpoint::owner;
 use millstream_events::{EventTime, ModelVersionEvent, ModelVersionStatus, SinkEvent};
 use millstream_operators::kmeans;
 use millstream_operators::model::{signal_references, ModelArtifact};
@@ -93,7 +93,7 @@ pub fn retrain<'scope>(
     updates: Stream<'scope, EventTime, Vec<ModelUpdate>>,
     models_settings: Arc<ModelsSettings>,
     stats: Arc<RunStats>,
-    checkpoints: Option<WorkerCheckpoints>,
+    checkpoints: Option<crate::checkpoint::LoopCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Retrained>> {
     let settings = models_settings.retrain.clone();
     let pact = Exchange::new(|i: &TrainerInput| xxhash_rust::xxh3::xxh3_64(i.model().as_bytes()));
@@ -102,7 +102,7 @@ pub fn retrain<'scope>(
         let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
         let mut ordered: Ordered<TrainerInput, ModelUpdate> = Ordered::default();
         let mut publisher = Publisher { settings: Arc::clone(&models_settings), store: None };
-        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+        let mut checkpointer = checkpoints.map(|((checkpointing, registry), driver)| {
             let saved: Vec<Vec<SavedModel>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for saved in saved.into_iter().flatten() {
@@ -117,6 +117,7 @@ pub fn retrain<'scope>(
                 registry,
                 initial,
             )
+            .driven_by(driver)
         });
         move |(input, input_frontier), (updates, updates_frontier), output| {
             ordered.records.take_noting(input, |cap, time| {

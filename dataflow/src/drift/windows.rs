@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
-use millstream_events::checkpoint::{owner, WorkerCheckpoints};
+use millstream_events::checkpoint::owner;
 use millstream_events::{CompactString, DriftEvent, DriftStatistic, EventTime};
 use millstream_operators::drift::window::WindowStats;
 use rustc_hash::FxHashMap;
@@ -104,7 +104,7 @@ pub fn judge<'scope>(
     drift: DriftSettings,
     retrain: RetrainSettings,
     stats: Arc<crate::stats::RunStats>,
-    checkpoints: Option<WorkerCheckpoints>,
+    checkpoints: Option<crate::checkpoint::LoopCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Judgement>> {
     let (worker, peers) = (histograms.scope().index(), histograms.scope().peers());
     // The reduce's output is already partitioned by key: judge where it is.
@@ -120,7 +120,7 @@ pub fn judge<'scope>(
         // After a restore, the boundary: the reduce gives every window still open there, so a
         // restored key it does not give had emptied by then.
         let mut sweep: Option<EventTime> = None;
-        let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
+        let mut checkpointer = checkpoints.map(|((checkpointing, registry), driver)| {
             let saved: Vec<Vec<(WindowKey, KeyState)>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for (key, state) in saved.into_iter().flatten() {
@@ -136,6 +136,7 @@ pub fn judge<'scope>(
                 registry,
                 initial,
             )
+            .driven_by(driver)
         });
         let snapshot = |states: &BTreeMap<WindowKey, KeyState>| {
             crate::checkpoint::encode(&states.iter().collect::<Vec<_>>())

@@ -355,7 +355,7 @@ impl Drop for Producer {
 /// the wall-clock `created_at`, `received_at`, `updated_at`), in key order; and the columns
 /// (by index) that are sums of floating-point numbers, which are equal only up to rounding when
 /// the same readings are added up in another grouping (batches follow the arrival timing).
-pub const TABLES: [(&str, &str, &[usize]); 5] = [
+pub const TABLES: [(&str, &str, &[usize]); 7] = [
     ("readings", "SELECT sensor_id, ts, value, late, quality FROM readings ORDER BY sensor_id, ts, value", &[]),
     (
         "readings_1m",
@@ -376,6 +376,19 @@ pub const TABLES: [(&str, &str, &[usize]); 5] = [
     (
         "sensors",
         "SELECT sensor_id, asset_id, kind, unit, min_value, max_value FROM sensors ORDER BY sensor_id",
+        &[],
+    ),
+    (
+        "drift_events",
+        "SELECT event_id, asset_id, sensor_id, feature, statistic, value, threshold, window_start, window_end, \
+         count, model_version FROM drift_events ORDER BY event_id",
+        &[],
+    ),
+    (
+        "model_versions",
+        "SELECT model, version, parent_version, status, reason, effective_from, training_rows, holdback_rows, \
+         holdback_anomaly_rate, parent_holdback_anomaly_rate, silhouette, published FROM model_versions \
+         ORDER BY model, version, status",
         &[],
     ),
 ];
