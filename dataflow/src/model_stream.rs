@@ -130,8 +130,14 @@ pub fn checkpoint_versions<'scope>(
     })
 }
 
+/// What a restored checkpoint says of the models: the versions in service at its boundary, and
+/// those the retrainer had decided that switch at or after it.
+pub fn restored_models(checkpointing: Option<&Checkpointing>) -> (Vec<ModelUpdate>, Vec<ModelUpdate>) {
+    (restored_versions(checkpointing), crate::drift::retrain::restored_in_flight(checkpointing))
+}
+
 /// The versions in service at the restored boundary, newest per model.
-pub fn restored_versions(checkpointing: Option<&Checkpointing>) -> Vec<ModelUpdate> {
+fn restored_versions(checkpointing: Option<&Checkpointing>) -> Vec<ModelUpdate> {
     let saved: Vec<Vec<ModelUpdate>> = crate::checkpoint::restore_parts(checkpointing, CHECKPOINT_COMPONENT);
     let mut newest: BTreeMap<String, ModelUpdate> = BTreeMap::new();
     for update in saved.into_iter().flatten() {

@@ -170,12 +170,15 @@ const HEALTH_COMPONENT: &str = "model store";
 ///
 /// `restored`: the versions a restored checkpoint had in service. They serve from the start
 /// instead; newer versions in the store serve from their `effective_from` (or from the start
-/// when it has passed), as versions found later do.
+/// when it has passed), as versions found later do. `decided`: the versions the retrainer had
+/// decided before the checkpoint's boundary that switch at or after it; they switch at their
+/// `effective_from`, before any newer version of the store.
 pub fn start(
     settings: &ModelsSettings,
     stats: Arc<RunStats>,
     health: Arc<Health>,
     restored: Vec<ModelUpdate>,
+    decided: Vec<ModelUpdate>,
 ) -> anyhow::Result<Option<ModelFeed>> {
     let Some(store_config) = &settings.store else { return Ok(None) };
     let store: Arc<dyn ModelStore> =
@@ -187,6 +190,12 @@ pub fn start(
         tracing::info!(model = %update.name, version = update.version, "serving the model version the checkpoint had in service");
         known.insert(update.name.clone(), update.version);
     }
+    let decided: Vec<ModelUpdate> = decided.into_iter().filter(|u| names.contains(&u.name)).collect();
+    for update in &decided {
+        tracing::info!(model = %update.name, version = update.version, effective_from = ?update.effective_from, "a version the checkpoint had decided switches at its time");
+        let version = known.entry(update.name.clone()).or_default();
+        *version = (*version).max(update.version);
+    }
     let mut newer = Vec::new();
     poll(&*store, &names, &mut known, &stats, &health, |u| newer.push(u));
     for name in &names {
@@ -195,10 +204,10 @@ pub fn start(
         }
     }
     let (send, updates) = mpsc::channel();
-    if initial.is_empty() {
+    if initial.is_empty() && decided.is_empty() {
         initial = newer;
     } else {
-        for update in newer {
+        for update in decided.into_iter().chain(newer) {
             send.send(update).expect("the receiver is held here");
         }
     }

@@ -179,10 +179,8 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
     // Only the process that hosts worker 0 watches the store; the updates are broadcast.
     let model_feed = if cluster.process == 0 {
-        {
-            let restored = crate::model_stream::restored_versions(checkpointing.as_deref());
-            crate::models::start(&models, Arc::clone(&stats), Arc::clone(&health), restored)?
-        }
+        let (serving, decided) = crate::model_stream::restored_models(checkpointing.as_deref());
+        crate::models::start(&models, Arc::clone(&stats), Arc::clone(&health), serving, decided)?
     } else {
         None
     };

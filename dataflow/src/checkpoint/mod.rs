@@ -114,6 +114,11 @@ impl Checkpointer {
         self
     }
 
+    /// The next boundary to register, once registering has started.
+    pub fn next(&self) -> Option<EventTime> {
+        self.next
+    }
+
     /// An input at `time` with its capability: the first one starts the registering (the
     /// boundaries up to it had empty state, which needs no part).
     pub fn on_input(

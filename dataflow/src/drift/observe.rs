@@ -286,13 +286,12 @@ pub fn observe<'scope>(
                 let time = match &next {
                     Next::Updates(t, _) | Next::Records(t, _) => *t,
                 };
-                // Everything before `time` is in: buckets and slides that end before it are
-                // complete (closed here rather than later, so that the state at a checkpoint
-                // boundary holds no bucket that no input after it can change).
-                close_buckets_before(time, epoch_ms, &mut assets, &models, &settings, &mut emit);
-                if let Some(b) = checkpointer.as_mut().and_then(|c| c.before(time, || snapshot(&assets))) {
-                    assets.values_mut().for_each(|s| s.release_from(b));
+                if let Some(c) = checkpointer.as_mut() {
+                    register_through(time, c, &mut assets, &models, &settings, &mut emit);
                 }
+                // Everything before `time` is in: buckets and slides that end before it are
+                // complete.
+                close_buckets_before(time, epoch_ms, &mut assets, &models, &settings, &mut emit);
                 match next {
                     Next::Updates(_, updates) => {
                         for update in updates {
@@ -327,6 +326,11 @@ pub fn observe<'scope>(
                     }
                 }
             }
+            let both: timely::progress::Antichain<EventTime> =
+                readings_frontier.iter().chain(updates_frontier.iter()).min().copied().into_iter().collect();
+            if let (Some(c), Some(&f)) = (checkpointer.as_mut(), both.first()) {
+                register_through(f, c, &mut assets, &models, &settings, &mut emit);
+            }
             let in_flight = ordered.in_flight(readings_frontier, updates_frontier);
             close_buckets_before(in_flight, epoch_ms, &mut assets, &models, &settings, &mut emit);
             if !emit.is_empty() {
@@ -343,13 +347,6 @@ pub fn observe<'scope>(
                 }
             }
             if let Some(c) = checkpointer.as_mut() {
-                let both: timely::progress::Antichain<EventTime> = readings_frontier
-                    .iter()
-                    .chain(updates_frontier.iter())
-                    .min()
-                    .copied()
-                    .into_iter()
-                    .collect();
                 if let Some(b) = c.passed(both.borrow(), || snapshot(&assets)) {
                     assets.values_mut().for_each(|s| s.release_from(b));
                 }
@@ -369,6 +366,41 @@ fn snapshot(assets: &FxHashMap<CompactString, AssetState>) -> Vec<u8> {
     let mut all: Vec<(&CompactString, &AssetState)> = assets.iter().collect();
     all.sort_by_key(|(asset, _)| *asset);
     crate::checkpoint::encode(&all)
+}
+
+/// Registers the checkpoint boundaries up to `time` (every input before it applied). The state
+/// at a boundary must hold exactly what comes out at or after it: buckets and slides whose
+/// outputs come out before the boundary are closed before it is registered, and a range of
+/// boundaries registered as one part ends before the next output that an open bucket or slide
+/// owes (later boundaries are registered once it is out).
+fn register_through(
+    time: EventTime,
+    checkpointer: &mut crate::checkpoint::Checkpointer,
+    assets: &mut FxHashMap<CompactString, AssetState>,
+    models: &FxHashMap<String, Arc<References>>,
+    settings: &Params,
+    emit: &mut Vec<(EventTime, Observation)>,
+) {
+    while let Some(next) = checkpointer.next().filter(|n| *n <= time) {
+        for (asset, state) in assets.iter_mut() {
+            let Some(refs) = state.model.as_ref().and_then(|m| models.get(m)) else { continue };
+            if state.bucket.is_some_and(|b| b + state.bucket_ms < next) {
+                close_bucket(asset, state, refs, settings, emit);
+            }
+            if state.slide.as_ref().is_some_and(|slide| slide.enter < next) {
+                state.flush_slide(asset, refs, settings, emit);
+            }
+        }
+        let owed = assets
+            .values()
+            .filter_map(|s| s.bucket.map(|b| b + s.bucket_ms))
+            .chain(assets.values().filter_map(|s| s.slide.as_ref().map(|slide| slide.enter)))
+            .min();
+        let upto = owed.map_or(time, |o| o.min(time)).max(next);
+        if let Some(b) = checkpointer.before(upto, || snapshot(assets)) {
+            assets.values_mut().for_each(|s| s.release_from(b));
+        }
+    }
 }
 
 fn close_buckets_before(

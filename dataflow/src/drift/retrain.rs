@@ -86,6 +86,10 @@ struct ModelState {
     /// The last attempt: at most one per `sustain_ms` (windows of many assets ask together).
     attempted_at: Option<EventTime>,
     probation: Option<Probation>,
+    /// With checkpoints: versions sent into the loop that may not have come back yet (they
+    /// switch at `effective_from`). At a boundary, those still to come are part of the state: a
+    /// restore feeds them in again ([`restored_in_flight`]).
+    in_flight: Vec<ModelUpdate>,
 }
 
 pub fn retrain<'scope>(
@@ -131,7 +135,9 @@ pub fn retrain<'scope>(
                     let time = match &next {
                         Next::Updates(t, _) | Next::Records(t, _) => *t,
                     };
-                    c.before(time, || snapshot(&models));
+                    if let Some(b) = c.before(time, || snapshot(&models)) {
+                        arrived_before(&mut models, b);
+                    }
                 }
                 match next {
                     Next::Updates(u, updates) => {
@@ -158,6 +164,14 @@ pub fn retrain<'scope>(
                         for request in requests {
                             answer(&mut models, &request, t, &settings, &mut publisher, &stats, &mut out);
                         }
+                        if checkpointer.is_some() {
+                            for item in &out {
+                                if let Retrained::Update(update) = item {
+                                    let state = models.entry(update.name.clone()).or_default();
+                                    state.in_flight.push(update.clone());
+                                }
+                            }
+                        }
                         if !out.is_empty() {
                             let cap =
                                 ordered.records.capability.as_ref().expect("held with the pending inputs");
@@ -176,7 +190,9 @@ pub fn retrain<'scope>(
                     .copied()
                     .into_iter()
                     .collect();
-                c.passed(both.borrow(), || snapshot(&models));
+                if let Some(b) = c.passed(both.borrow(), || snapshot(&models)) {
+                    arrived_before(&mut models, b);
+                }
             }
         }
     })
@@ -195,6 +211,7 @@ struct SavedModel {
     answered: Option<u64>,
     attempted_at: Option<EventTime>,
     probation: Option<SavedProbation>,
+    in_flight: Vec<ModelUpdate>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,7 +227,7 @@ struct SavedProbation {
 
 impl SavedModel {
     fn restore(self) -> Result<(String, ModelState), String> {
-        let SavedModel { name, rows, last_retrain, answered, attempted_at, probation } = self;
+        let SavedModel { name, rows, last_retrain, answered, attempted_at, probation, in_flight } = self;
         let probation = match probation {
             None => None,
             Some(SavedProbation { from, version, parent_version, parent, scored, anomalous }) => {
@@ -220,10 +237,33 @@ impl SavedModel {
                 Some(Probation { from, version, parent, scored, anomalous })
             }
         };
-        let state =
-            ModelState { serving: None, rows: rows.into(), last_retrain, answered, attempted_at, probation };
+        let state = ModelState {
+            serving: None,
+            rows: rows.into(),
+            last_retrain,
+            answered,
+            attempted_at,
+            probation,
+            in_flight,
+        };
         Ok((name, state))
     }
+}
+
+/// Forgets the versions sent into the loop that came back before `boundary`.
+fn arrived_before(models: &mut FxHashMap<String, ModelState>, boundary: EventTime) {
+    for state in models.values_mut() {
+        state.in_flight.retain(|u| u.effective_from.is_some_and(|at| at >= boundary));
+    }
+}
+
+/// The versions the retrainer had sent into its loop at the restored boundary that switch at
+/// or after it: the restored run feeds them in at their `effective_from`, as the loop would have.
+pub fn restored_in_flight(
+    checkpointing: Option<&millstream_events::checkpoint::Checkpointing>,
+) -> Vec<ModelUpdate> {
+    let saved: Vec<Vec<SavedModel>> = crate::checkpoint::restore_parts(checkpointing, CHECKPOINT_COMPONENT);
+    saved.into_iter().flatten().flat_map(|m| m.in_flight).collect()
 }
 
 /// Every model's retraining state, for a checkpoint.
@@ -248,6 +288,7 @@ fn snapshot(models: &FxHashMap<String, ModelState>) -> Vec<u8> {
                     scored: p.scored,
                     anomalous: p.anomalous,
                 }),
+                in_flight: state.in_flight.clone(),
             }
         })
         .collect();
