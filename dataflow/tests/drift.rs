@@ -389,3 +389,48 @@ fn a_refused_retraining_keeps_the_parent_and_says_why() {
     let scores = read_json(&out.join("asset_scores.jsonl"));
     assert!(scores.iter().all(|s| s["model_version"] == "pump@v1"), "the parent keeps serving");
 }
+
+/// A switch delay shorter than a slide: the retrainer's versions come back into the observer
+/// through the loop as late as its output frontier plus the delay. The observer once held its
+/// output a whole slide behind the readings (at the slide's first bucket), so with a delay under
+/// a slide the readings waited for the loop and the loop for the readings: the run never ended.
+/// It must end, retrain, and give the same lineage on 1 and 2 workers.
+#[test]
+fn a_switch_delay_shorter_than_a_slide_does_not_stall_the_run() {
+    // A store of each run's own: a version the first run publishes must not serve in the second.
+    let scenario = scenario(&["short1", "short2"]);
+    let mut lineages = Vec::new();
+    for workers in [1, 2] {
+        let config = config(&scenario, &format!("short{workers}"), true);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("switch_delay_ms = 60000", "switch_delay_ms = 15000");
+        assert!(text.contains("switch_delay_ms = 15000") && text.contains("slide_ms = 60000"));
+        std::fs::write(&config, text).unwrap();
+        let out = scenario.dir.join(format!("short-{workers}"));
+        let mut child = run_command(&scenario, &config, &out, workers)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("millstream starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the run on {workers} workers did not end within 120 s: the retraining loop stalled");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(status.success(), "{workers} workers: {status}");
+        lineages.push(sorted_lines(&out.join("model_versions.jsonl")));
+    }
+    assert!(
+        lineages[0].iter().any(|l| l.contains("\"serving\"")),
+        "a version was retrained and served: {:?}",
+        lineages[0]
+    );
+    assert_eq!(lineages[0], lineages[1], "the same lineage on 1 and 2 workers");
+}
