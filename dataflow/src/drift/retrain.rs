@@ -79,6 +79,7 @@ struct Probation {
 #[derive(Default)]
 struct ModelState {
     serving: Option<Arc<Serving>>,
+    /// The recent clean rows (`window_ms`), oldest first.
     rows: VecDeque<TrainingRow>,
     last_retrain: Option<EventTime>,
     /// The version a new one was made from (one per version).
@@ -135,7 +136,7 @@ pub fn retrain<'scope>(
                     let time = match &next {
                         Next::Updates(t, _) | Next::Records(t, _) => *t,
                     };
-                    if let Some(b) = c.before(time, || snapshot(&models)) {
+                    if let Some(b) = c.before(time, || snapshot(&models, worker, peers)) {
                         arrived_before(&mut models, b);
                     }
                 }
@@ -190,7 +191,7 @@ pub fn retrain<'scope>(
                     .copied()
                     .into_iter()
                     .collect();
-                if let Some(b) = c.passed(both.borrow(), || snapshot(&models)) {
+                if let Some(b) = c.passed(both.borrow(), || snapshot(&models, worker, peers)) {
                     arrived_before(&mut models, b);
                 }
             }
@@ -267,8 +268,14 @@ pub fn restored_in_flight(
 }
 
 /// Every model's retraining state, for a checkpoint.
-fn snapshot(models: &FxHashMap<String, ModelState>) -> Vec<u8> {
-    let mut names: Vec<&String> = models.keys().collect();
+/// Only the models this worker owns: every worker serves every model (the updates are
+/// broadcast), but only the owner has rows and decisions, and another worker's empty state
+/// must not overwrite the owner's at a restore.
+fn snapshot(models: &FxHashMap<String, ModelState>, worker: usize, peers: usize) -> Vec<u8> {
+    let mut names: Vec<&String> = models
+        .keys()
+        .filter(|name| owner(xxhash_rust::xxh3::xxh3_64(name.as_bytes()), peers) == worker)
+        .collect();
     names.sort();
     let saved: Vec<SavedModel> = names
         .into_iter()
@@ -352,8 +359,11 @@ fn serve(models: &mut FxHashMap<String, ModelState>, update: &ModelUpdate, at: E
     }
     match update.artifact() {
         Ok(artifact) => {
+            // The first version a run serves is no switch: after a restore it is the version in
+            // service at the boundary, and a restored probation goes on as it was.
+            let switch = state.serving.is_some();
             state.serving = Some(Arc::new(Serving { version: update.version, artifact }));
-            if let Some(probation) = state.probation.as_mut() {
+            if let Some(probation) = state.probation.as_mut().filter(|_| switch) {
                 if probation.version == update.version {
                     probation.from = at;
                 } else {
@@ -448,7 +458,11 @@ fn add_row(
         }
         state.last_retrain = Some(now);
     }
-    state.rows.push_back(row);
+    // Only clean buckets are ever fitted on (the rest served the probation above), and the
+    // rows are a checkpoint's largest part.
+    if row.clean {
+        state.rows.push_back(row);
+    }
 }
 
 fn answer(
