@@ -604,3 +604,73 @@ pub fn lineage_event(retrained: &Retrained) -> Option<SinkEvent> {
         Retrained::Update(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, ts: EventTime) -> TrainingRow {
+        TrainingRow {
+            model: model.to_owned(),
+            asset_id: format!("{model}-asset"),
+            ts,
+            features: vec![1.0, 2.5],
+            sensors: vec![Some(3.0), None],
+            clean: true,
+        }
+    }
+
+    fn update(name: &str, version: u64, effective_from: EventTime) -> ModelUpdate {
+        ModelUpdate {
+            name: name.to_owned(),
+            version,
+            effective_from: Some(effective_from),
+            bytes: vec![7; 3],
+        }
+    }
+
+    /// Each model's state goes into exactly one worker's part (its owner's), whole, and comes
+    /// back as it was; the versions sent into the loop are kept until they have come back.
+    #[test]
+    fn a_checkpoint_holds_each_model_once_and_restores_it() {
+        let names = ["pump-00", "pump-01", "pump-02", "pump-03", "pump-04"];
+        let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
+        for (i, name) in names.iter().enumerate() {
+            let state = ModelState {
+                rows: (0..3).map(|k| row(name, 1_000 * (i as u64 + k))).collect(),
+                last_retrain: Some(5_000),
+                answered: Some(1),
+                attempted_at: Some(4_000),
+                in_flight: vec![update(name, 2, 9_000), update(name, 3, 20_000)],
+                ..ModelState::default()
+            };
+            models.insert((*name).to_owned(), state);
+        }
+        for peers in [1, 2, 3] {
+            let mut restored: FxHashMap<String, ModelState> = FxHashMap::default();
+            for worker in 0..peers {
+                let saved: Vec<SavedModel> =
+                    crate::checkpoint::decode(CHECKPOINT_COMPONENT, &snapshot(&models, worker, peers))
+                        .unwrap();
+                for saved in saved {
+                    assert_eq!(owner(xxhash_rust::xxh3::xxh3_64(saved.name.as_bytes()), peers), worker);
+                    let (name, state) = saved.restore().unwrap();
+                    assert!(restored.insert(name, state).is_none(), "a model in two workers' parts");
+                }
+            }
+            assert_eq!(restored.len(), names.len(), "{peers} workers");
+            for name in names {
+                let (before, after) = (&models[name], &restored[name]);
+                assert_eq!(before.rows, after.rows);
+                assert_eq!(
+                    (before.last_retrain, before.answered, before.attempted_at),
+                    (after.last_retrain, after.answered, after.attempted_at)
+                );
+                assert_eq!(before.in_flight, after.in_flight);
+                assert!(after.serving.is_none() && after.probation.is_none());
+            }
+            arrived_before(&mut restored, 10_000);
+            assert!(restored.values().all(|s| s.in_flight == vec![update(&s.rows[0].model, 3, 20_000)]));
+        }
+    }
+}
