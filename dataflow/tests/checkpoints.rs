@@ -1,6 +1,6 @@
 //! Checkpoints (issue 8): operator state written to PostgreSQL with the sink's rows, restored on
 //! start. The promise: after any number of `kill -9`s and a final run to the end, the tables
-//! `readings`, `readings_1m`, `anomalies` (and `sensors`) are identical, row by row, to those of
+//! `readings`, `readings_1m`, `anomalies`, `drift_events`, `model_versions` (and `sensors`) are identical, row by row, to those of
 //! one uninterrupted run on the same input, for any number of workers and processes in between.
 //!
 //! The input is fixed (a pure function of a seed): 24 sensors on 6 pumps at 1 Hz for 40 minutes
@@ -28,6 +28,9 @@
 //!    k-means stage: one model per pump, trained on the input's first 10 minutes into a
 //!    `file://` store before the runs, served by every run (`[models]`, drift off); the
 //!    reference must hold k-means anomalies.
+//! 4. `kill_nine_drill_with_drift`: the drill of 3 with the drift stage and retraining on, and
+//!    a model store per database; `drift_events` and `model_versions` must be identical too, and
+//!    the reference must hold window drift events and retrained versions in service.
 //!
 //! Asserted: the tables identical, no log with `panicked`, the final runs exit 0, a run restores
 //! when the database holds a checkpoint, restored boundaries never go back. `dead_letters` is

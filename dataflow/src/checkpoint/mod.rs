@@ -5,7 +5,9 @@
 //!   time) each stateful component of a worker registers its state as of that boundary: the Kafka
 //!   source its partitions' positions, watermarks and the records it emitted at or after the
 //!   boundary; the sensor stage every sensor's validation, detector and episode state; the
-//!   `readings_1m` stage its open minutes. Components keep registering from their first input,
+//!   `readings_1m` stage its open minutes; the k-means stage its open buckets; the drift stage
+//!   its observer, judge and retrainer (`crate::drift`); the first worker the model versions in
+//!   service. Components keep registering from their first input,
 //!   holding a capability at their next boundary so that the sink cannot pass a boundary before
 //!   they have registered it.
 //! - **When.** The worker's sink, once its frontier has passed a boundary, commits every part
