@@ -278,12 +278,8 @@ pub fn score_assets<'scope>(
                 (Some(_), None) => unreachable!("held readings came with a capability"),
             }
             if let Some(c) = checkpointer.as_mut() {
-                let both = [readings_frontier.frontier().first(), updates_frontier.frontier().first()]
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .min();
-                let frontier: timely::progress::Antichain<EventTime> = both.into_iter().collect();
+                let frontier =
+                    crate::checkpoint::earlier(readings_frontier.frontier(), updates_frontier.frontier());
                 if let Some(b) = c.passed(frontier.borrow(), || stage.snapshot()) {
                     stage.release_from(b);
                 }

@@ -39,6 +39,15 @@ pub type LoopCheckpoints = (millstream_events::checkpoint::WorkerCheckpoints, Pr
 /// The boundary a component that stopped registering covers to (within PostgreSQL's bigint).
 const LAST_BOUNDARY: EventTime = i64::MAX as EventTime;
 
+/// The earlier of two inputs' frontiers (event time is totally ordered): how far an operator
+/// with two inputs has passed.
+pub fn earlier(
+    a: timely::progress::frontier::AntichainRef<'_, EventTime>,
+    b: timely::progress::frontier::AntichainRef<'_, EventTime>,
+) -> timely::progress::Antichain<EventTime> {
+    a.iter().chain(b.iter()).min().copied().into_iter().collect()
+}
+
 /// Decodes every old worker's part of `component`, or ends the run: a checkpoint that cannot
 /// be read must not be silently replaced by empty state.
 pub fn restore_parts<T: serde::de::DeserializeOwned>(
@@ -102,6 +111,18 @@ impl Checkpointer {
         initial: Capability<EventTime>,
     ) -> Self {
         Self::new(component, checkpointing.interval_ms, registry, checkpointing.restored_boundary(), initial)
+    }
+
+    /// [`Self::for_worker`] for a component inside the drift stage's loop, ended by `driver`
+    /// ([`Self::driven_by`]).
+    pub fn in_loop(
+        component: &'static str,
+        checkpointing: &millstream_events::checkpoint::Checkpointing,
+        registry: SharedRegistry,
+        driver: ProbeHandle<EventTime>,
+        initial: Capability<EventTime>,
+    ) -> Self {
+        Self::for_worker(component, checkpointing, registry, initial).driven_by(driver)
     }
 
     /// Ends the registering once `driver` (a stream from outside the component's feedback

@@ -28,6 +28,7 @@ use timely::dataflow::Stream;
 use millstream_events::checkpoint::owner;
 
 use super::settings::DriftSettings;
+use crate::checkpoint::Checkpointer;
 use crate::models::{ModelUpdate, ModelsSettings};
 use crate::stash::{epoch, Next, Ordered};
 
@@ -265,13 +266,7 @@ pub fn observe<'scope>(
                     ordered.records.capability = Some(initial.delayed(&b));
                 }
             }
-            crate::checkpoint::Checkpointer::for_worker(
-                CHECKPOINT_COMPONENT,
-                &checkpointing,
-                registry,
-                initial,
-            )
-            .driven_by(driver)
+            Checkpointer::in_loop(CHECKPOINT_COMPONENT, &checkpointing, registry, driver, initial)
         });
         move |(readings, readings_frontier), (updates, updates_frontier), output| {
             ordered.records.take_noting(readings, |cap, time| {
@@ -326,8 +321,7 @@ pub fn observe<'scope>(
                     }
                 }
             }
-            let both: timely::progress::Antichain<EventTime> =
-                readings_frontier.iter().chain(updates_frontier.iter()).min().copied().into_iter().collect();
+            let both = crate::checkpoint::earlier(readings_frontier, updates_frontier);
             if let (Some(c), Some(&f)) = (checkpointer.as_mut(), both.first()) {
                 register_through(f, c, &mut assets, &models, &settings, &mut emit);
             }

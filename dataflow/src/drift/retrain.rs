@@ -34,6 +34,7 @@ use timely::dataflow::Stream;
 use super::observe::TrainingRow;
 use super::settings::RetrainSettings;
 use super::windows::RetrainRequest;
+use crate::checkpoint::Checkpointer;
 use crate::models::{ModelUpdate, ModelsSettings};
 use crate::stash::{Next, Ordered};
 use crate::stats::RunStats;
@@ -116,13 +117,7 @@ pub fn retrain<'scope>(
                     models.insert(name, state);
                 }
             }
-            crate::checkpoint::Checkpointer::for_worker(
-                CHECKPOINT_COMPONENT,
-                &checkpointing,
-                registry,
-                initial,
-            )
-            .driven_by(driver)
+            Checkpointer::in_loop(CHECKPOINT_COMPONENT, &checkpointing, registry, driver, initial)
         });
         move |(input, input_frontier), (updates, updates_frontier), output| {
             ordered.records.take_noting(input, |cap, time| {
@@ -183,14 +178,7 @@ pub fn retrain<'scope>(
             }
             ordered.records.hold(None);
             if let Some(c) = checkpointer.as_mut() {
-                let both: timely::progress::Antichain<EventTime> = input_frontier
-                    .frontier()
-                    .iter()
-                    .chain(updates_frontier.frontier().iter())
-                    .min()
-                    .copied()
-                    .into_iter()
-                    .collect();
+                let both = crate::checkpoint::earlier(input_frontier.frontier(), updates_frontier.frontier());
                 if let Some(b) = c.passed(both.borrow(), || snapshot(&models, worker, peers)) {
                     arrived_before(&mut models, b);
                 }

@@ -31,6 +31,7 @@ use timely::dataflow::Stream;
 
 use super::observe::{apply_update, References, WindowEntry, WindowKey};
 use super::settings::{DriftSettings, RetrainSettings};
+use crate::checkpoint::Checkpointer;
 use crate::models::ModelUpdate;
 
 /// A model whose window stayed in drift for `sustain_ms`: retrain it on data since `since`.
@@ -130,13 +131,7 @@ pub fn judge<'scope>(
                 }
             }
             sweep = checkpointing.restored_boundary();
-            crate::checkpoint::Checkpointer::for_worker(
-                CHECKPOINT_COMPONENT,
-                &checkpointing,
-                registry,
-                initial,
-            )
-            .driven_by(driver)
+            Checkpointer::in_loop(CHECKPOINT_COMPONENT, &checkpointing, registry, driver, initial)
         });
         let snapshot = |states: &BTreeMap<WindowKey, KeyState>| {
             crate::checkpoint::encode(&states.iter().collect::<Vec<_>>())
@@ -220,14 +215,7 @@ pub fn judge<'scope>(
                 (Some(_), None) => unreachable!("pending histograms came with a capability"),
             }
             if let Some(c) = checkpointer.as_mut() {
-                let both: timely::progress::Antichain<EventTime> = input_frontier
-                    .frontier()
-                    .iter()
-                    .chain(updates_frontier.frontier().iter())
-                    .min()
-                    .copied()
-                    .into_iter()
-                    .collect();
+                let both = crate::checkpoint::earlier(input_frontier.frontier(), updates_frontier.frontier());
                 c.passed(both.borrow(), || snapshot(&states));
             }
         }
