@@ -55,6 +55,9 @@ pub fn build<'scope>(
             stream
         }
     };
+    // Whether the source has ended: the PostgreSQL sinks commit no checkpoint after that.
+    let source_probe = ProbeHandle::new();
+    let ingested = ingested.probe_with(&source_probe);
     let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
     let stats = Arc::clone(&context.stats);
     let decode_dead_letters = rejected.clone().map(move |dead| {
@@ -129,7 +132,13 @@ pub fn build<'scope>(
                     Arc::clone(&context.health),
                     Arc::clone(&context.stats),
                     checkpoints.clone().map(|(c, r)| {
-                        crate::pg_sink::SinkCheckpoints::new(c, r, scope.index(), scope.peers())
+                        crate::pg_sink::SinkCheckpoints::new(
+                            c,
+                            r,
+                            scope.index(),
+                            scope.peers(),
+                            source_probe.clone(),
+                        )
                     }),
                 )
             }

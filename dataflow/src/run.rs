@@ -129,6 +129,14 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         checkpoint,
     } = plan;
     models.check()?;
+    if checkpoint.enabled() && checkpoint.interval_ms % pipeline.epoch_ms.max(1) != 0 {
+        // A boundary inside an epoch would split readings of one timely time across it.
+        bail!(
+            "[checkpoint] interval_ms ({}) must be a multiple of [pipeline] epoch_ms ({})",
+            checkpoint.interval_ms,
+            pipeline.epoch_ms
+        );
+    }
     let checkpointing = crate::checkpoint::prepare(&checkpoint, &source, &sinks, &postgres, &cluster)?;
     if let Some(boundary) = checkpointing.as_ref().and_then(|c| c.restored_boundary()) {
         stats.checkpoint_restored_seconds.set((boundary / 1000) as i64);

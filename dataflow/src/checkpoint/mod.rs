@@ -36,9 +36,6 @@ pub use millstream_events::checkpoint::{decode, encode};
 /// checkpoints, and a probe of the stream that drives the loop ([`Checkpointer::driven_by`]).
 pub type LoopCheckpoints = (millstream_events::checkpoint::WorkerCheckpoints, ProbeHandle<EventTime>);
 
-/// The boundary a component that stopped registering covers to (within PostgreSQL's bigint).
-const LAST_BOUNDARY: EventTime = i64::MAX as EventTime;
-
 /// The earlier of two inputs' frontiers (event time is totally ordered): how far an operator
 /// with two inputs has passed.
 pub fn earlier(
@@ -129,9 +126,8 @@ impl Checkpointer {
     /// loop) is complete. Inside a loop, the capability held at the next boundary comes back
     /// through the loop into the component's own input frontier, which then never empties: the
     /// component would keep registering boundary after boundary, each a step of the loop's delay
-    /// further, and the run would never end. When the driver is complete the state is
-    /// registered once more, for every boundary from the next on (what changes after the input
-    /// ended only matters to a restore after a completed bounded run).
+    /// further, and the run would never end. A driver completes only once the source has ended,
+    /// and the sinks commit no checkpoint after that, so nothing later needs a part.
     pub fn driven_by(mut self, driver: ProbeHandle<EventTime>) -> Self {
         self.driver = Some(driver);
         self
@@ -186,9 +182,7 @@ impl Checkpointer {
         frontier: timely::progress::frontier::AntichainRef<'_, EventTime>,
         snapshot: impl FnOnce() -> Vec<u8>,
     ) -> Option<EventTime> {
-        if self.driver.as_ref().is_some_and(|d| d.done()) && self.next.is_some() {
-            // (Not a boundary to release held outputs from: nothing follows it.)
-            self.before(LAST_BOUNDARY, snapshot);
+        if self.driver.as_ref().is_some_and(|d| d.done()) {
             self.capability = None;
             self.next = None;
             self.ended = true;

@@ -251,8 +251,15 @@ fn arrived_before(models: &mut FxHashMap<String, ModelState>, boundary: EventTim
 pub fn restored_in_flight(
     checkpointing: Option<&millstream_events::checkpoint::Checkpointing>,
 ) -> Vec<ModelUpdate> {
+    let Some(boundary) = checkpointing.and_then(|c| c.restored_boundary()) else { return Vec::new() };
     let saved: Vec<Vec<SavedModel>> = crate::checkpoint::restore_parts(checkpointing, CHECKPOINT_COMPONENT);
-    saved.into_iter().flatten().flat_map(|m| m.in_flight).collect()
+    // (A part valid over a range of boundaries may still list versions that came back within it.)
+    saved
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m.in_flight)
+        .filter(|u| u.effective_from.is_some_and(|at| at >= boundary))
+        .collect()
 }
 
 /// Every model's retraining state, for a checkpoint.
@@ -325,8 +332,11 @@ impl Publisher {
                 }
             }
             Err(e) => {
+                // Not put blindly: after a restore the version may be there already, and a second
+                // copy under a new number would change every label after it.
                 stats.model_store_errors.inc();
-                tracing::warn!(model, error = %e, "cannot list the model's versions before publishing");
+                tracing::error!(model, error = %e, "cannot list the model's versions; serving the new one unpublished");
+                return None;
             }
         }
         match store.put(model, bytes) {

@@ -164,6 +164,7 @@ pub fn judge<'scope>(
                 let next = pending.first_key_value().map(|(t, _)| *t).filter(&complete);
                 match (next_update, next) {
                     (Some(u), t) if t.is_none_or(|t| u <= t) => {
+                        sweep_unseen(&mut sweep, u, &mut states, checkpointer.as_mut(), &snapshot);
                         if let Some(c) = checkpointer.as_mut() {
                             c.before(u, || snapshot(&states));
                         }
@@ -172,13 +173,15 @@ pub fn judge<'scope>(
                         }
                     }
                     (_, Some(t)) => {
+                        sweep_unseen(&mut sweep, t, &mut states, checkpointer.as_mut(), &snapshot);
                         if let Some(c) = checkpointer.as_mut() {
                             c.before(t, || snapshot(&states));
                         }
                         let changed = pending.remove(&t).unwrap_or_default();
-                        if let Some(b) = sweep.filter(|b| t >= *b) {
-                            states.retain(|key, _| t == b && changed.contains_key(key));
-                            sweep = None;
+                        if sweep.take_if(|b| *b == t).is_some() {
+                            // The histograms of the restored boundary: the windows not among
+                            // them had emptied there.
+                            states.retain(|key, _| changed.contains_key(key));
                         }
                         let cap = capability.as_ref().expect("held with the pending histograms");
                         let time_cap = cap.delayed(&t);
@@ -201,9 +204,7 @@ pub fn judge<'scope>(
                 if !input_frontier.frontier().less_equal(&b)
                     && pending.first_key_value().is_none_or(|(t, _)| *t > b)
                 {
-                    // Nothing at the boundary: no window was open there.
-                    states.clear();
-                    sweep = None;
+                    sweep_unseen(&mut sweep, b + 1, &mut states, checkpointer.as_mut(), &snapshot);
                 }
             }
             let open = states.len() as i64;
@@ -220,6 +221,23 @@ pub fn judge<'scope>(
             }
         }
     })
+}
+
+/// After a restore at boundary `b` (`sweep`), once the judge gets to a time after `b` with no
+/// histogram at `b`: no window was open at `b`, so every restored state closes. The state at `b`
+/// itself (restored) is registered first: boundaries after `b` must not hold the closed windows.
+fn sweep_unseen(
+    sweep: &mut Option<EventTime>,
+    time: EventTime,
+    states: &mut BTreeMap<WindowKey, KeyState>,
+    checkpointer: Option<&mut Checkpointer>,
+    snapshot: &impl Fn(&BTreeMap<WindowKey, KeyState>) -> Vec<u8>,
+) {
+    let Some(b) = sweep.take_if(|b| time > *b) else { return };
+    if let Some(c) = checkpointer {
+        c.before(b, || snapshot(states));
+    }
+    states.clear();
 }
 
 /// The judge's name in checkpoints.
