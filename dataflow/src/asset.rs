@@ -48,11 +48,14 @@ struct Served {
     label: String,
 }
 
-/// One asset's rolling state.
+/// One asset's rolling state; a checkpoint holds it all but the model (the config's, by name,
+/// at the version the model stream serves) and the scratch buffers.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct AssetState {
     asset_id: CompactString,
     /// The model serving it, as an index into the stage's models (resolved once: the rules
     /// are static).
+    #[serde(skip)]
     model: Option<usize>,
     /// The version its feature state was built for, and what that state computes.
     version: u64,
@@ -66,8 +69,10 @@ struct AssetState {
     held: Vec<ReadingRow>,
     held_time: Option<EventTime>,
     episode: EpisodeTracker,
+    #[serde(skip)]
     row: Vec<f64>,
     /// The last score's deviations, reused (no allocation per bucket).
+    #[serde(skip)]
     deviations: Vec<f64>,
 }
 
@@ -170,7 +175,7 @@ pub fn score_assets<'scope>(
         let mut pending_updates: BTreeMap<EventTime, Vec<ModelUpdate>> = BTreeMap::new();
         let mut capability: Option<Capability<EventTime>> = None;
         let mut checkpointer = checkpoints.map(|(checkpointing, registry)| {
-            let saved: Vec<Vec<SavedAsset>> =
+            let saved: Vec<Vec<AssetState>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for saved in saved.into_iter().flatten() {
                 if millstream_events::checkpoint::owner(crate::score::sensor_route(&saved.asset_id), peers)
@@ -291,22 +296,6 @@ pub fn score_assets<'scope>(
 /// The stage's name in checkpoints.
 const CHECKPOINT_COMPONENT: &str = "assets";
 
-/// One asset in a checkpoint of the stage: everything but the model, which is the config's
-/// (by name) at the version the model stream serves.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct SavedAsset {
-    asset_id: String,
-    version: u64,
-    feature_names: Vec<String>,
-    bucket_ms: u64,
-    features: FeatureState,
-    bucket: Option<EventTime>,
-    accumulator: BucketAccumulator,
-    held: Vec<ReadingRow>,
-    held_time: Option<EventTime>,
-    episode: EpisodeTracker,
-}
-
 /// The event time a reading is ordered by within its timely time (other events: 0).
 fn event_ts(e: &SinkEvent) -> EventTime {
     match e {
@@ -318,23 +307,7 @@ fn event_ts(e: &SinkEvent) -> EventTime {
 impl Stage {
     /// Every asset's state, for a checkpoint.
     fn snapshot(&self) -> Vec<u8> {
-        let saved: Vec<SavedAsset> = self
-            .assets
-            .iter()
-            .map(|a| SavedAsset {
-                asset_id: a.asset_id.to_string(),
-                version: a.version,
-                feature_names: a.feature_names.clone(),
-                bucket_ms: a.bucket_ms,
-                features: a.features.clone(),
-                bucket: a.bucket,
-                accumulator: a.accumulator.clone(),
-                held: a.held.clone(),
-                held_time: a.held_time,
-                episode: a.episode.clone(),
-            })
-            .collect();
-        crate::checkpoint::encode(&saved)
+        crate::checkpoint::encode(&self.assets)
     }
 
     /// From now on, held readings leave at `boundary` or later. Once a checkpoint boundary is
@@ -351,33 +324,10 @@ impl Stage {
     }
 
     /// Puts an asset back as a checkpoint saved it.
-    fn restore(&mut self, saved: SavedAsset) {
-        let SavedAsset {
-            asset_id,
-            version,
-            feature_names,
-            bucket_ms,
-            features,
-            bucket,
-            accumulator,
-            held,
-            held_time,
-            episode,
-        } = saved;
-        let asset_id = CompactString::from(asset_id);
-        let model = self.settings.model_for(&asset_id).map(|m| self.models.id(m));
-        let mut state = AssetState::new(asset_id.clone(), model);
-        state.version = version;
-        state.feature_names = feature_names;
-        state.bucket_ms = bucket_ms;
-        state.features = features;
-        state.bucket = bucket;
-        state.accumulator = accumulator;
-        state.held = held;
-        state.held_time = held_time;
-        state.episode = episode;
+    fn restore(&mut self, mut state: AssetState) {
+        state.model = self.settings.model_for(&state.asset_id).map(|m| self.models.id(m));
+        self.asset_index.insert(state.asset_id.clone(), self.assets.len());
         self.assets.push(state);
-        self.asset_index.insert(asset_id, self.assets.len() - 1);
     }
 
     /// Admits the events of one complete time, by event time only, stably: each sensor's

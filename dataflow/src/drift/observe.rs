@@ -357,9 +357,7 @@ const CHECKPOINT_COMPONENT: &str = "drift_observe";
 
 /// Every asset's state, for a checkpoint.
 fn snapshot(assets: &FxHashMap<CompactString, AssetState>) -> Vec<u8> {
-    let mut all: Vec<(&CompactString, &AssetState)> = assets.iter().collect();
-    all.sort_by_key(|(asset, _)| *asset);
-    crate::checkpoint::encode(&all)
+    crate::checkpoint::encode(&assets.iter().collect::<Vec<_>>())
 }
 
 /// Registers the checkpoint boundaries up to `time` (every input before it applied). The state
