@@ -10,6 +10,7 @@ pub mod file;
 pub mod kafka;
 pub mod model_store;
 pub mod plant_source;
+pub mod route;
 pub mod simulate;
 
 use millstream_events::{Accepted, SourceLocation};

@@ -111,7 +111,7 @@ pub fn minute_aggregates<'scope>(
         SinkEvent::Reading(r) => Some((r.sensor_id, r.ts - r.ts % MINUTE_MS, r.value)),
         _ => None,
     });
-    let pact = Exchange::new(|(sensor, _, _): &Value| crate::score::sensor_route(sensor));
+    let pact = Exchange::new(|(sensor, _, _): &Value| millstream_events::routing::key_route(sensor));
     values.unary_frontier::<CapacityContainerBuilder<Vec<SinkEvent>>, _, _, _>(
         pact,
         "MinuteStats",
@@ -127,7 +127,7 @@ pub fn minute_aggregates<'scope>(
                     crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
                 for state in restored {
                     for (sensor, minute, moments) in state.minutes {
-                        let route = crate::score::sensor_route(&sensor);
+                        let route = millstream_events::routing::key_route(&sensor);
                         if millstream_events::checkpoint::owner(route, peers) != worker {
                             continue;
                         }

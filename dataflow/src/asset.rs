@@ -154,8 +154,8 @@ pub fn score_assets<'scope>(
     // Readings by asset; the few other events (anomalies, dead letters) pass through, routed
     // anywhere: no split of the stream before this stage, no concatenation after it.
     let pact = Exchange::new(|e: &SinkEvent| match e {
-        SinkEvent::Reading(r) => crate::score::sensor_route(&r.asset_id),
-        SinkEvent::Anomaly(a) => crate::score::sensor_route(&a.asset_id),
+        SinkEvent::Reading(r) => millstream_events::routing::key_route(&r.asset_id),
+        SinkEvent::Anomaly(a) => millstream_events::routing::key_route(&a.asset_id),
         _ => 0,
     });
     events.binary_frontier(updates, pact, Pipeline, "ScoreAssets", move |initial, _| {
@@ -178,8 +178,10 @@ pub fn score_assets<'scope>(
             let saved: Vec<Vec<AssetState>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for saved in saved.into_iter().flatten() {
-                if millstream_events::checkpoint::owner(crate::score::sensor_route(&saved.asset_id), peers)
-                    != worker
+                if millstream_events::checkpoint::owner(
+                    millstream_events::routing::key_route(&saved.asset_id),
+                    peers,
+                ) != worker
                 {
                     continue;
                 }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use millstream_connectors::file::file_source;
 use millstream_connectors::kafka::{kafka_source, KafkaSourceHandle};
 use millstream_connectors::plant_source::simulator_source;
-use millstream_events::{EventTime, Ingested, SinkEvent, TimeModel};
+use millstream_connectors::route::split_routed;
+use millstream_events::{EventTime, SinkEvent, TimeModel};
 use millstream_sinks::{JsonlSink, LineSink, SinkSpec, StdoutSink};
-use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::render::render;
 use crate::score::{score_readings, RunContext};
@@ -44,21 +44,21 @@ pub fn build<'scope>(
         .checkpointing
         .as_ref()
         .map(|c| (Arc::clone(c), millstream_events::checkpoint::Registry::shared()));
-    let ingested: Stream<'scope, EventTime, Vec<Ingested>> = match source {
+    let (accepted, rejected) = match source {
         OpenedSource::File(input) => file_source(scope, Arc::clone(input), time, context.workers_per_process),
-        OpenedSource::Simulate(plant) => simulator_source(scope, Arc::clone(plant), time),
+        OpenedSource::Simulate(plant) => split_routed(simulator_source(scope, Arc::clone(plant), time)),
         OpenedSource::Kafka(input) => {
             let (stream, handle) =
                 kafka_source(scope, Arc::clone(input), time, probe.clone(), checkpoints.clone())
                     .unwrap_or_else(|e| crate::fatal(&format!("cannot create the Kafka consumer: {e}")));
             kafka = Some(handle);
-            stream
+            split_routed(stream)
         }
     };
     // Whether the source has ended: the PostgreSQL sinks commit no checkpoint after that.
+    // (Both of the source's streams have the same frontier.)
     let source_probe = ProbeHandle::new();
-    let ingested = ingested.probe_with(&source_probe);
-    let (accepted, rejected) = ingested.ok_err::<Vec<_>, _, Vec<_>, _, _>(Ingested::into_result);
+    let accepted = accepted.probe_with(&source_probe);
     let stats = Arc::clone(&context.stats);
     let decode_dead_letters = rejected.clone().map(move |dead| {
         stats.record_dead_letter(&dead);

@@ -123,11 +123,7 @@ impl Checkpointing {
     }
 }
 
-/// The worker of `peers` that owns a key hashing to `hash`: timely's exchange rule (a mask
-/// for a power of two, otherwise the remainder; both are the remainder).
-pub fn owner(hash: u64, peers: usize) -> usize {
-    (hash % peers.max(1) as u64) as usize
-}
+pub use crate::routing::owner;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub mod fault;
 pub mod ingest;
 pub mod output;
 pub mod reading;
+pub mod routing;
 pub mod time;
 mod wire;
 

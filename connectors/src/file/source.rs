@@ -6,14 +6,19 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use millstream_events::{Accepted, EventTime, Ingested, Origin, TimeModel, Watermark};
+use millstream_events::routing::key_route;
+use millstream_events::{Accepted, DeadLetter, EventTime, Ingested, Origin, TimeModel, Watermark};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
+
+use crate::route::RoutedBatches;
 
 use super::{ChunkLayout, ChunkRecord, ChunkSummary, FileInput};
 
@@ -24,7 +29,8 @@ enum Decoded {
     Summary(ChunkSummary),
 }
 
-/// Reads `input` on every worker and returns its records, each stamped with a deterministic
+/// Reads `input` on every worker and returns its accepted readings (in batches routed by
+/// `sensor_id`, see [`crate::route`]) and its dead letters, each stamped with a deterministic
 /// event time: an on-time reading at its own `ts`, a late reading or a dead letter at the
 /// file-order watermark where it was read. `workers_per_process` tells which workers share a
 /// process, and so which chunks they may take from one another.
@@ -33,7 +39,7 @@ pub fn file_source<'scope>(
     input: Arc<FileInput>,
     time: TimeModel,
     workers_per_process: usize,
-) -> Stream<'scope, EventTime, Vec<Ingested>> {
+) -> (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>) {
     // Chunk buffers go from the decode stage to the classify stage of the same worker and
     // back: a chunk's records are a large allocation, and reusing it avoids the page faults
     // of fresh memory for every chunk.
@@ -146,18 +152,34 @@ fn classify_stage<'scope>(
     time: TimeModel,
     pool: BufferPool,
     flow: FlowControl,
-) -> Stream<'scope, EventTime, Vec<Ingested>> {
-    batches.binary_frontier(summaries, Pipeline, Pipeline, "FileClassify", move |_, _| {
-        let mut pending: BTreeMap<u64, (Capability<EventTime>, Vec<ChunkRecord>)> = BTreeMap::new();
+) -> (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>) {
+    let peers = batches.scope().peers();
+    let mut builder = OperatorBuilder::new("FileClassify".to_owned(), batches.scope());
+    let mut batch_input = builder.new_input(batches, Pipeline);
+    let mut summary_input = builder.new_input(summaries, Pipeline);
+    let (accepted_output, accepted) = builder.new_output();
+    let (rejected_output, rejected) = builder.new_output();
+    let mut accepted_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Accepted>>>::from(accepted_output);
+    let mut rejected_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(rejected_output);
+    builder.build(move |_initial| {
+        // Per chunk: a capability for each output (accepted, rejected) and its records.
+        let mut pending: BTreeMap<u64, ([Capability<EventTime>; 2], Vec<ChunkRecord>)> = BTreeMap::new();
         let mut unfolded: BTreeMap<u64, ChunkSummary> = BTreeMap::new();
         let mut folded = Prefix { lines_before: 0, max_before: None };
         let mut next_to_fold = 0u64;
         let mut prefixes: BTreeMap<u64, Prefix> = BTreeMap::new();
-        move |(batch_input, _), (summary_input, _), output| {
+        // Accepted readings go out in batches per owning worker, for the sensor exchange to
+        // move whole (crate::route).
+        let mut routed = RoutedBatches::new(peers);
+        move |_frontiers| {
+            let mut accepted_output = accepted_output.activate();
+            let mut rejected_output = rejected_output.activate();
             batch_input.for_each(|cap, data| {
-                let cap = cap.retain_least(0).expect("a batch has a time");
+                let caps = [0, 1].map(|port| cap.retain_least(port).expect("a batch has a time"));
                 for (chunk, records) in data.drain(..) {
-                    pending.insert(chunk, (cap.clone(), records));
+                    pending.insert(chunk, (caps.clone(), records));
                 }
             });
             summary_input.for_each(|_, data| {
@@ -183,30 +205,43 @@ fn classify_stage<'scope>(
             while let Some(entry) = pending.first_entry() {
                 let chunk = *entry.key();
                 let Some(prefix) = prefixes.remove(&chunk) else { break };
-                let (cap, records) = entry.remove();
+                let ([accepted_cap, rejected_cap], mut records) = entry.remove();
                 let mut watermark = Watermark::resume(prefix.max_before, time.allowed_lateness_ms)
                     .with_max_future(time.max_future_ms);
+                // The time of the readings in `routed`: they go out before it changes.
                 let mut run_time = None;
-                let mut run: Vec<Ingested> = Vec::new();
-                let mut records = records;
                 for record in records.drain(..) {
-                    let (stamp, item) = classify(record, prefix, &mut watermark, *cap.time(), &input);
+                    let (stamp, item) =
+                        classify(record, prefix, &mut watermark, *accepted_cap.time(), &input);
                     let stamp = time.epoch(stamp);
-                    if run_time != Some(stamp) {
-                        if let Some(t) = run_time {
-                            output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
+                    match item {
+                        Ingested::Accepted(accepted) => {
+                            if run_time != Some(stamp) {
+                                if let Some(t) = run_time {
+                                    accepted_output
+                                        .session(&accepted_cap.delayed(&t))
+                                        .give_containers(routed.pending());
+                                }
+                                run_time = Some(stamp);
+                            }
+                            let route = key_route(&accepted.reading.sensor_id);
+                            if let Some(full) = routed.push(route, accepted) {
+                                accepted_output.session(&accepted_cap.delayed(&stamp)).give_container(full);
+                            }
                         }
-                        run_time = Some(stamp);
+                        Ingested::Rejected(dead) => {
+                            rejected_output.session(&rejected_cap.delayed(&stamp)).give(dead);
+                        }
                     }
-                    run.push(item);
                 }
                 if let Some(t) = run_time {
-                    output.session(&cap.delayed(&t)).give_iterator(run.drain(..));
+                    accepted_output.session(&accepted_cap.delayed(&t)).give_containers(routed.pending());
                 }
                 pool.give(records);
             }
         }
-    })
+    });
+    (accepted, rejected)
 }
 
 /// Decides a record's lateness and event time from the file-order watermark.

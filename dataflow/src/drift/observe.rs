@@ -233,7 +233,7 @@ pub fn observe<'scope>(
         SinkEvent::Reading(r) if !r.late => Some(r),
         _ => None,
     });
-    let pact = Exchange::new(|r: &ReadingRow| crate::score::sensor_route(&r.asset_id));
+    let pact = Exchange::new(|r: &ReadingRow| millstream_events::routing::key_route(&r.asset_id));
     readings.binary_frontier(updates, pact, Pipeline, "DriftObserve", move |initial, _| {
         let epoch_ms = epoch_ms.max(1);
         let mut models: FxHashMap<String, Arc<References>> = FxHashMap::default();
@@ -244,7 +244,7 @@ pub fn observe<'scope>(
             let saved: Vec<Vec<(CompactString, AssetState)>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for (asset, mut state) in saved.into_iter().flatten() {
-                if owner(crate::score::sensor_route(&asset), peers) == worker {
+                if owner(millstream_events::routing::key_route(&asset), peers) == worker {
                     state.model = models_settings.model_for(&asset).map(str::to_owned);
                     assets.insert(asset, state);
                 }

@@ -102,7 +102,7 @@ pub fn retrain<'scope>(
     checkpoints: Option<crate::checkpoint::LoopCheckpoints>,
 ) -> Stream<'scope, EventTime, Vec<Retrained>> {
     let settings = models_settings.retrain.clone();
-    let pact = Exchange::new(|i: &TrainerInput| xxhash_rust::xxh3::xxh3_64(i.model().as_bytes()));
+    let pact = Exchange::new(|i: &TrainerInput| millstream_events::routing::key_route(i.model()));
     let (worker, peers) = (inputs.scope().index(), inputs.scope().peers());
     inputs.binary_frontier(updates, pact, Pipeline, "Retrain", move |initial, _| {
         let mut models: FxHashMap<String, ModelState> = FxHashMap::default();
@@ -112,7 +112,7 @@ pub fn retrain<'scope>(
             let saved: Vec<Vec<SavedModel>> =
                 crate::checkpoint::restore_parts(Some(&checkpointing), CHECKPOINT_COMPONENT);
             for saved in saved.into_iter().flatten() {
-                if owner(xxhash_rust::xxh3::xxh3_64(saved.name.as_bytes()), peers) == worker {
+                if owner(millstream_events::routing::key_route(&saved.name), peers) == worker {
                     let (name, state) = saved.restore().unwrap_or_else(|e| crate::fatal(&e));
                     models.insert(name, state);
                 }
@@ -269,7 +269,7 @@ pub fn restored_in_flight(
 fn snapshot(models: &FxHashMap<String, ModelState>, worker: usize, peers: usize) -> Vec<u8> {
     let mut names: Vec<&String> = models
         .keys()
-        .filter(|name| owner(xxhash_rust::xxh3::xxh3_64(name.as_bytes()), peers) == worker)
+        .filter(|name| owner(millstream_events::routing::key_route(name), peers) == worker)
         .collect();
     names.sort();
     let saved: Vec<SavedModel> = names
@@ -651,7 +651,7 @@ mod tests {
                     crate::checkpoint::decode(CHECKPOINT_COMPONENT, &snapshot(&models, worker, peers))
                         .unwrap();
                 for saved in saved {
-                    assert_eq!(owner(xxhash_rust::xxh3::xxh3_64(saved.name.as_bytes()), peers), worker);
+                    assert_eq!(owner(millstream_events::routing::key_route(&saved.name), peers), worker);
                     let (name, state) = saved.restore().unwrap();
                     assert!(restored.insert(name, state).is_none(), "a model in two workers' parts");
                 }
