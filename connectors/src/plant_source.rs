@@ -171,7 +171,7 @@ fn stamp(
     let accept = |reading: Reading| {
         let late = reading.ts < watermark;
         let stamp = time.epoch(if late { watermark } else { reading.ts });
-        (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
+        (stamp, Ingested::Accepted(Accepted::new(reading, origin, RawRef::default(), late)))
     };
     match payload {
         SimPayload::Reading(reading) => accept(reading),

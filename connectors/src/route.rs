@@ -156,7 +156,7 @@ pub fn split_routed<'scope>(
                 for record in containers.flat_map(|c| c.drain(..)) {
                     match record {
                         Ingested::Accepted(a) => {
-                            let route = millstream_events::routing::key_route(&a.reading.sensor_id);
+                            let route = a.route();
                             if let Some(full) = batches.push(route, a) {
                                 accepted.give_container(full);
                             }

@@ -63,7 +63,7 @@ pub fn score_readings<'scope>(
 ) -> Stream<'scope, EventTime, Vec<SinkEvent>> {
     let (worker, peers) = (accepted.scope().index(), accepted.scope().peers());
     // Sources route their readings in batches per owner; the exchange moves those whole.
-    let pact = whole_batches(|a: &Accepted| key_route(&a.reading.sensor_id));
+    let pact = whole_batches(Accepted::route);
     accepted.unary_frontier(pact, "ScoreSensors", move |initial, _| {
         let mut sensor_index: FxHashMap<millstream_events::CompactString, u32> = FxHashMap::default();
         let mut sensors: Vec<Sensor> = Vec::new();

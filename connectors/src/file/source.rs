@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use millstream_events::routing::key_route;
 use millstream_events::{Accepted, DeadLetter, EventTime, Ingested, Origin, TimeModel, Watermark};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -224,7 +223,7 @@ fn classify_stage<'scope>(
                                 }
                                 run_time = Some(stamp);
                             }
-                            let route = key_route(&accepted.reading.sensor_id);
+                            let route = accepted.route();
                             if let Some(full) = routed.push(route, accepted) {
                                 accepted_output.session(&accepted_cap.delayed(&stamp)).give_container(full);
                             }
@@ -258,7 +257,7 @@ fn classify(
             let late = arrival == millstream_events::Arrival::Late;
             let time = arrival.stamp(reading.ts, watermark.time().max(batch_time));
             let origin = Origin { stream: 0, offset: prefix.lines_before + line_in_chunk + 1 };
-            (time, Ingested::Accepted(Accepted { reading, origin, raw, late }))
+            (time, Ingested::Accepted(Accepted::new(reading, origin, raw, late)))
         }
         ChunkRecord::Rejected { rejection, line_in_chunk, raw } => {
             let line = prefix.lines_before + line_in_chunk + 1;

@@ -793,7 +793,7 @@ fn ingest(
                 }
             };
             let origin = p.origin(offset);
-            (stamp, Ingested::Accepted(Accepted { reading, origin, raw: RawRef::default(), late }))
+            (stamp, Ingested::Accepted(Accepted::new(reading, origin, RawRef::default(), late)))
         }
         Err(rejection) => (
             p.watermark.time(),

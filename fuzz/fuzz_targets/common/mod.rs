@@ -39,7 +39,7 @@ pub fn check_reading(reading: &Reading) {
     assert_eq!(&again, reading, "contract JSON round trip: {json}");
 
     let accepted =
-        Accepted { reading: reading.clone(), origin: Origin::default(), raw: RawRef::default(), late: false };
+        Accepted::new(reading.clone(), Origin::default(), RawRef::default(), false);
     let bytes = bincode::serialize(&accepted).expect("an accepted reading serializes");
     let back: Accepted = bincode::deserialize(&bytes).expect("an accepted reading deserializes");
     assert_eq!(back, accepted, "bincode round trip");
