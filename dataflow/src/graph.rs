@@ -56,10 +56,8 @@ pub fn build<'scope>(
         }
     };
     // Whether the source has ended: the PostgreSQL sinks commit no checkpoint after that.
-    // Both of the source's streams have the same frontier; the dead letters' carries few
-    // messages, so probing it adds no per-epoch progress traffic to the readings' path.
     let source_probe = ProbeHandle::new();
-    let rejected = rejected.probe_with(&source_probe);
+    let accepted = accepted.probe_with(&source_probe);
     let stats = Arc::clone(&context.stats);
     let decode_dead_letters = rejected.clone().map(move |dead| {
         stats.record_dead_letter(&dead);

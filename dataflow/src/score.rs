@@ -221,7 +221,7 @@ pub fn score_readings<'scope>(
                         output.session(&cap.delayed(&time)).give_container(&mut events);
                     }
                     group.clear();
-                    if spare_groups.len() < SPARE_GROUPS {
+                    if spare_groups.len() < SPARE_GROUPS && group.capacity() <= SPARE_GROUP_CAPACITY {
                         spare_groups.push(group);
                     }
                 }
@@ -257,6 +257,8 @@ pub fn score_readings<'scope>(
 
 /// Emptied epoch groups kept for reuse: a few cover the epochs in flight at once.
 const SPARE_GROUPS: usize = 4;
+/// A group that grew larger than this (a burst, or catching up) is freed, not kept.
+const SPARE_GROUP_CAPACITY: usize = 16 * 1024;
 
 /// The stage's name in checkpoints.
 const CHECKPOINT_COMPONENT: &str = "sensors";
