@@ -130,21 +130,30 @@ impl<T, F: FnMut(&T) -> u64> Distributor<Vec<T>> for WholeBatches<T, F> {
     }
 }
 
+/// A source's two streams: accepted readings, in routed batches, and dead letters.
+pub type SourceStreams<'scope> =
+    (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>);
+
+/// An output of containers `Vec<D>` of a source's last operator.
+pub(crate) type VecOutput<D> = OutputBuilder<EventTime, CapacityContainerBuilder<Vec<D>>>;
+
+/// The accepted and dead-letter outputs of a source's last operator, and their streams.
+pub(crate) fn source_outputs<'scope>(
+    builder: &mut OperatorBuilder<'scope, EventTime>,
+) -> (VecOutput<Accepted>, VecOutput<DeadLetter>, SourceStreams<'scope>) {
+    let (accepted_output, accepted) = builder.new_output();
+    let (rejected_output, rejected) = builder.new_output();
+    (OutputBuilder::from(accepted_output), OutputBuilder::from(rejected_output), (accepted, rejected))
+}
+
 /// Splits a source's records into accepted readings, in batches routed by `sensor_id` for
 /// [`whole_batches`], and dead letters. For sources that do not route as they read (the
 /// file source routes in its classify stage instead).
-pub fn split_routed<'scope>(
-    ingested: Stream<'scope, EventTime, Vec<Ingested>>,
-) -> (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>) {
+pub fn split_routed<'scope>(ingested: Stream<'scope, EventTime, Vec<Ingested>>) -> SourceStreams<'scope> {
     let mut builder = OperatorBuilder::new("SplitRouted".to_owned(), ingested.scope());
     let peers = ingested.scope().peers();
     let mut input = builder.new_input(ingested, Pipeline);
-    let (accepted_output, accepted) = builder.new_output();
-    let (rejected_output, rejected) = builder.new_output();
-    let mut accepted_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<Accepted>>>::from(accepted_output);
-    let mut rejected_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(rejected_output);
+    let (mut accepted_output, mut rejected_output, streams) = source_outputs(&mut builder);
     builder.build(move |_| {
         let mut batches = RoutedBatches::new(peers);
         move |_frontiers| {
@@ -170,7 +179,7 @@ pub fn split_routed<'scope>(
             });
         }
     });
-    (accepted, rejected)
+    streams
 }
 
 #[cfg(test)]

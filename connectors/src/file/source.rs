@@ -6,18 +6,16 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use millstream_events::{Accepted, DeadLetter, EventTime, Ingested, Origin, TimeModel, Watermark};
-use timely::container::CapacityContainerBuilder;
+use millstream_events::{Accepted, EventTime, Ingested, Origin, TimeModel, Watermark};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, Stream};
 
-use crate::route::RoutedBatches;
+use crate::route::{source_outputs, RoutedBatches, SourceStreams};
 
 use super::{ChunkLayout, ChunkRecord, ChunkSummary, FileInput};
 
@@ -38,7 +36,7 @@ pub fn file_source<'scope>(
     input: Arc<FileInput>,
     time: TimeModel,
     workers_per_process: usize,
-) -> (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>) {
+) -> SourceStreams<'scope> {
     // Chunk buffers go from the decode stage to the classify stage of the same worker and
     // back: a chunk's records are a large allocation, and reusing it avoids the page faults
     // of fresh memory for every chunk.
@@ -151,17 +149,12 @@ fn classify_stage<'scope>(
     time: TimeModel,
     pool: BufferPool,
     flow: FlowControl,
-) -> (Stream<'scope, EventTime, Vec<Accepted>>, Stream<'scope, EventTime, Vec<DeadLetter>>) {
+) -> SourceStreams<'scope> {
     let peers = batches.scope().peers();
     let mut builder = OperatorBuilder::new("FileClassify".to_owned(), batches.scope());
     let mut batch_input = builder.new_input(batches, Pipeline);
     let mut summary_input = builder.new_input(summaries, Pipeline);
-    let (accepted_output, accepted) = builder.new_output();
-    let (rejected_output, rejected) = builder.new_output();
-    let mut accepted_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<Accepted>>>::from(accepted_output);
-    let mut rejected_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(rejected_output);
+    let (mut accepted_output, mut rejected_output, streams) = source_outputs(&mut builder);
     builder.build(move |_initial| {
         // Per chunk: a capability for each output (accepted, rejected) and its records.
         let mut pending: BTreeMap<u64, ([Capability<EventTime>; 2], Vec<ChunkRecord>)> = BTreeMap::new();
@@ -240,7 +233,7 @@ fn classify_stage<'scope>(
             }
         }
     });
-    (accepted, rejected)
+    streams
 }
 
 /// Decides a record's lateness and event time from the file-order watermark.
