@@ -47,29 +47,46 @@ impl<T> RoutedBatches<T> {
         RoutedBatches { buffers: (0..peers).map(|_| Vec::new()).collect(), sizes: vec![0; peers] }
     }
 
-    /// Adds `item` for the worker that owns `route`, and returns that worker's buffer when it
-    /// holds a full batch (to be sent, which empties it).
-    pub fn push(&mut self, route: u64, item: T) -> Option<&mut Vec<T>> {
+    /// Adds `item` for the worker that owns `route`; when that worker's batch is full, hands it
+    /// to `send` with the worker's index.
+    pub fn push(&mut self, route: u64, item: T, send: impl FnOnce(usize, &mut Vec<T>)) {
         let target = owner(route, self.buffers.len());
         let buffer = &mut self.buffers[target];
         if buffer.capacity() == 0 {
             buffer.reserve_exact(self.sizes[target].clamp(MIN_BATCH, BATCH));
         }
         buffer.push(item);
-        if buffer.len() < BATCH {
-            return None;
+        if buffer.len() >= BATCH {
+            self.sizes[target] = BATCH;
+            send_batch(buffer, |batch| send(target, batch));
         }
-        self.sizes[target] = BATCH;
-        Some(buffer)
     }
 
-    /// The buffers holding records: to be sent before the records' time changes.
-    pub fn pending(&mut self) -> impl Iterator<Item = &mut Vec<T>> {
-        self.buffers.iter_mut().zip(self.sizes.iter_mut()).filter(|(b, _)| !b.is_empty()).map(|(b, size)| {
-            *size = b.len();
-            b
-        })
+    /// Hands every batch holding records to `send`, with its worker's index: to be done
+    /// before the records' time changes.
+    pub fn flush(&mut self, mut send: impl FnMut(usize, &mut Vec<T>)) {
+        for (target, (buffer, size)) in self.buffers.iter_mut().zip(self.sizes.iter_mut()).enumerate() {
+            if !buffer.is_empty() {
+                *size = buffer.len();
+                send_batch(buffer, |batch| send(target, batch));
+            }
+        }
     }
+
+    /// Drops the buffers' memory.
+    fn relax(&mut self) {
+        for buffer in &mut self.buffers {
+            *buffer = Vec::new();
+        }
+    }
+}
+
+/// Sends `batch`, then empties what the pusher handed back: timely's pushers may hand a sent
+/// container back with its records still in it (those that serialize, between processes),
+/// for the sender to reuse, and reusing it as it is would send those records again.
+fn send_batch<T>(batch: &mut Vec<T>, send: impl FnOnce(&mut Vec<T>)) {
+    send(batch);
+    batch.clear();
 }
 
 /// An exchange by `route` that moves a batch whole when all its records have one owner.
@@ -104,29 +121,23 @@ impl<T, F: FnMut(&T) -> u64> Distributor<Vec<T>> for WholeBatches<T, F> {
         let Some(first) = container.first() else { return };
         let target = owner(route(first), peers);
         if container[1..].iter().all(|record| owner(route(record), peers) == target) {
-            Message::push_at(container, stamp.clone(), &mut pushers[target]);
+            send_batch(container, |batch| Message::push_at(batch, stamp.clone(), &mut pushers[target]));
             return;
         }
         for record in container.drain(..) {
             let hash = route(&record);
-            if let Some(full) = self.mixed.push(hash, record) {
-                Message::push_at(full, stamp.clone(), &mut pushers[owner(hash, peers)]);
-            }
+            self.mixed.push(hash, record, |target, batch| {
+                Message::push_at(batch, stamp.clone(), &mut pushers[target])
+            });
         }
     }
 
     fn flush<S: Clone, P: Push<Message<S, Vec<T>>>>(&mut self, stamp: &Stamp<S>, pushers: &mut [P]) {
-        for (buffer, pusher) in self.mixed.buffers.iter_mut().zip(pushers.iter_mut()) {
-            if !buffer.is_empty() {
-                Message::push_at(buffer, stamp.clone(), pusher);
-            }
-        }
+        self.mixed.flush(|target, batch| Message::push_at(batch, stamp.clone(), &mut pushers[target]));
     }
 
     fn relax(&mut self) {
-        for buffer in &mut self.mixed.buffers {
-            *buffer = Vec::new();
-        }
+        self.mixed.relax();
     }
 }
 
@@ -165,17 +176,12 @@ pub fn split_routed<'scope>(ingested: Stream<'scope, EventTime, Vec<Ingested>>) 
                 for record in containers.flat_map(|c| c.drain(..)) {
                     match record {
                         Ingested::Accepted(a) => {
-                            let route = a.route();
-                            if let Some(full) = batches.push(route, a) {
-                                accepted.give_container(full);
-                            }
+                            batches.push(a.route(), a, |_, batch| accepted.give_container(batch));
                         }
                         Ingested::Rejected(d) => rejected.give(d),
                     }
                 }
-                for batch in batches.pending() {
-                    accepted.give_container(batch);
-                }
+                batches.flush(|_, batch| accepted.give_container(batch));
             });
         }
     });
@@ -192,33 +198,48 @@ mod tests {
     use super::*;
 
     /// Every record reaches its owner exactly once, whether its batch was routed (one owner,
-    /// moved whole) or mixed (split record by record), at 1, 2 and 3 workers.
+    /// moved whole) or mixed (split record by record): at 1, 2 and 3 workers, and at 2 workers
+    /// that exchange serialized data as processes do (whose pushers hand the sent data back).
     #[test]
     fn every_record_reaches_its_owner_once_from_routed_and_mixed_batches() {
-        for workers in [1, 2, 3] {
+        use timely::CommunicationConfig::{Process, ProcessBinary};
+        for communication in [Process(1), Process(2), Process(3), ProcessBinary(2)] {
+            let (Process(workers) | ProcessBinary(workers)) = communication else { unreachable!() };
+            let label = format!("{communication:?}");
+            let config = timely::Config { communication, worker: Default::default() };
             let received: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
             let shared = Arc::clone(&received);
-            timely::execute(timely::Config::process(workers), move |worker| {
+            timely::execute(config, move |worker| {
                 let (index, peers) = (worker.index(), worker.peers());
                 let received = Arc::clone(&shared);
                 worker.dataflow::<u64, _, _>(|scope| {
-                    let batches = source(scope, "Batches", move |capability, _| {
+                    let batches = source(scope, "Batches", move |capability, info| {
+                        let activator = scope.activator_for(info.address);
                         let mut capability = Some(capability);
+                        // Routed buffers reused over rounds, as a source's are.
+                        let mut routed = RoutedBatches::new(peers);
+                        let mut round = 0u64;
                         move |output| {
-                            let Some(cap) = capability.take() else { return };
-                            // Worker w sends records w·1000 ..: a mixed batch, then the
-                            // same number of records routed per owner.
-                            let base = index as u64 * 1000;
+                            let Some(cap) = capability.as_mut() else { return };
+                            // Worker w sends, in each of 3 rounds at times 0, 1, 2, records
+                            // w·100 000 + round·10 000 ..: a mixed batch, then as many records
+                            // routed per owner (more than a batch, so one is sent when full).
+                            let base = index as u64 * 100_000 + round * 10_000;
                             let mut mixed: Vec<u64> = (base..base + 300).collect();
-                            let mut routed = RoutedBatches::new(peers);
-                            let mut session = output.session(&cap);
+                            let mut session = output.session(&*cap);
                             session.give_container(&mut mixed);
-                            for record in base + 300..base + 600 {
-                                if let Some(full) = routed.push(record, record) {
-                                    session.give_container(full);
-                                }
+                            for record in base + 300..base + 300 + BATCH as u64 + 50 {
+                                routed.push(record, record, |_, batch| session.give_container(batch));
                             }
-                            session.give_containers(routed.pending());
+                            routed.flush(|_, batch| session.give_container(batch));
+                            drop(session);
+                            round += 1;
+                            if round == 3 {
+                                capability = None;
+                            } else {
+                                cap.downgrade(&round);
+                                activator.activate();
+                            }
                         }
                     });
                     batches.sink(whole_batches(|r: &u64| *r), "Check", move |(input, _)| {
@@ -232,31 +253,97 @@ mod tests {
             .join();
             let mut received = received.lock().unwrap().clone();
             received.sort_by_key(|&(_, r)| r);
-            let expected: Vec<u64> = (0..workers as u64).flat_map(|w| w * 1000..w * 1000 + 600).collect();
-            assert_eq!(received.iter().map(|&(_, r)| r).collect::<Vec<_>>(), expected, "{workers} workers");
+            let expected: Vec<u64> = (0..workers as u64)
+                .flat_map(|w| {
+                    (0..3).flat_map(move |round| {
+                        let base = w * 100_000 + round * 10_000;
+                        base..base + 300 + BATCH as u64 + 50
+                    })
+                })
+                .collect();
+            assert_eq!(received.iter().map(|&(_, r)| r).collect::<Vec<_>>(), expected, "{label}");
             for (worker, record) in received {
-                assert_eq!(owner(record, workers), worker, "record {record} at {workers} workers");
+                assert_eq!(owner(record, workers), worker, "record {record}, {label}");
             }
         }
     }
 
-    #[test]
-    fn batches_fill_per_owner_and_report_when_full() {
-        let mut batches = RoutedBatches::new(2);
-        for i in 0..(2 * BATCH as u64 - 1) {
-            let full = batches.push(i, i).map(std::mem::take);
-            if i == 2 * BATCH as u64 - 2 {
-                let full = full.expect("owner 0's batch is full at its BATCH-th record");
-                assert_eq!(full.len(), BATCH);
-                assert!(full.iter().all(|r| owner(*r, 2) == 0));
-            } else {
-                assert!(full.is_none(), "record {i}");
+    /// A pusher that keeps a copy of what it is given and hands the message back untouched, as
+    /// timely's pushers between processes do (they serialize it).
+    #[derive(Default)]
+    struct HandsBack(Vec<Vec<u64>>);
+
+    impl Push<Message<u64, Vec<u64>>> for HandsBack {
+        fn push(&mut self, message: &mut Option<Message<u64, Vec<u64>>>) {
+            if let Some(message) = message {
+                self.0.push(message.data.clone());
             }
         }
-        let pending: Vec<Vec<u64>> = batches.pending().map(std::mem::take).collect();
-        assert_eq!(pending.len(), 1, "owner 1 holds BATCH - 1 records");
-        assert_eq!(pending[0].len(), BATCH - 1);
-        assert!(pending[0].iter().all(|r| owner(*r, 2) == 1));
-        assert_eq!(batches.pending().count(), 0);
+    }
+
+    /// The distributor sends each record once even when its pushers hand the data back, and
+    /// leaves the container it moved empty for the sender to reuse.
+    #[test]
+    fn the_distributor_sends_each_record_once_through_pushers_that_hand_data_back() {
+        let mut distributor =
+            WholeBatches { route: |r: &u64| *r, mixed: RoutedBatches::new(2), _records: PhantomData };
+        let mut pushers = [HandsBack::default(), HandsBack::default()];
+        let stamp = Stamp::from_elem(0u64);
+        for round in 0..3u64 {
+            let mut routed: Vec<u64> = (0..100).map(|i| round * 1000 + 2 * i).collect();
+            distributor.partition(&mut routed, &stamp, &mut pushers);
+            assert!(routed.is_empty(), "a moved batch comes back empty");
+            let mut mixed: Vec<u64> = (0..2 * BATCH as u64 + 10).map(|i| round * 100_000 + 500 + i).collect();
+            distributor.partition(&mut mixed, &stamp, &mut pushers);
+        }
+        distributor.flush(&stamp, &mut pushers);
+        let mut sent: Vec<(usize, u64)> = pushers
+            .iter()
+            .enumerate()
+            .flat_map(|(w, p)| p.0.iter().flatten().map(move |&r| (w, r)))
+            .collect();
+        sent.sort_by_key(|&(_, r)| r);
+        let mut expected: Vec<u64> = (0..3u64)
+            .flat_map(|round| {
+                (0..100)
+                    .map(move |i| round * 1000 + 2 * i)
+                    .chain((0..2 * BATCH as u64 + 10).map(move |i| round * 100_000 + 500 + i))
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(sent.iter().map(|&(_, r)| r).collect::<Vec<_>>(), expected);
+        assert!(sent.iter().all(|&(w, r)| owner(r, 2) == w));
+    }
+
+    #[test]
+    fn batches_fill_per_owner_and_go_out_when_full_or_flushed() {
+        let mut batches = RoutedBatches::new(2);
+        let mut sent: Vec<Vec<u64>> = Vec::new();
+        for i in 0..(2 * BATCH as u64 - 1) {
+            batches.push(i, i, |_, batch| sent.push(batch.clone()));
+            let expected = usize::from(i >= 2 * BATCH as u64 - 2);
+            assert_eq!(sent.len(), expected, "owner 0's batch is full at its BATCH-th record, {i}");
+        }
+        assert_eq!(sent[0].len(), BATCH);
+        assert!(sent[0].iter().all(|r| owner(*r, 2) == 0));
+        batches.flush(|_, batch| sent.push(batch.clone()));
+        assert_eq!(sent.len(), 2, "owner 1 holds BATCH - 1 records");
+        assert_eq!(sent[1].len(), BATCH - 1);
+        assert!(sent[1].iter().all(|r| owner(*r, 2) == 1));
+        batches.flush(|_, _| panic!("nothing is left to send"));
+    }
+
+    /// A pusher may hand a sent batch back with its records: they are not sent again.
+    #[test]
+    fn a_batch_handed_back_full_is_emptied() {
+        let mut batches = RoutedBatches::new(1);
+        let mut sent = 0;
+        for i in 0..3 * BATCH as u64 {
+            batches.push(i, i, |_, _| sent += 1); // hands the batch back untouched
+        }
+        batches.push(0, 0, |_, _| {});
+        let mut left = 0;
+        batches.flush(|_, batch| left = batch.len());
+        assert_eq!((sent, left), (3, 1));
     }
 }

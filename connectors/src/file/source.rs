@@ -210,16 +210,15 @@ fn classify_stage<'scope>(
                         Ingested::Accepted(accepted) => {
                             if run_time != Some(stamp) {
                                 if let Some(t) = run_time {
-                                    accepted_output
-                                        .session(&accepted_cap.delayed(&t))
-                                        .give_containers(routed.pending());
+                                    let cap = accepted_cap.delayed(&t);
+                                    let mut session = accepted_output.session(&cap);
+                                    routed.flush(|_, batch| session.give_container(batch));
                                 }
                                 run_time = Some(stamp);
                             }
-                            let route = accepted.route();
-                            if let Some(full) = routed.push(route, accepted) {
-                                accepted_output.session(&accepted_cap.delayed(&stamp)).give_container(full);
-                            }
+                            routed.push(accepted.route(), accepted, |_, batch| {
+                                accepted_output.session(&accepted_cap.delayed(&stamp)).give_container(batch)
+                            });
                         }
                         Ingested::Rejected(dead) => {
                             rejected_output.session(&rejected_cap.delayed(&stamp)).give(dead);
@@ -227,7 +226,9 @@ fn classify_stage<'scope>(
                     }
                 }
                 if let Some(t) = run_time {
-                    accepted_output.session(&accepted_cap.delayed(&t)).give_containers(routed.pending());
+                    let cap = accepted_cap.delayed(&t);
+                    let mut session = accepted_output.session(&cap);
+                    routed.flush(|_, batch| session.give_container(batch));
                 }
                 pool.give(records);
             }
