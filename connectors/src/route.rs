@@ -3,7 +3,7 @@
 //!
 //! The sensor stage exchanges every accepted reading by `sensor_id`. timely's `Exchange`
 //! copies each record into a buffer per target worker, which on a 2-core machine costs about
-//! a tenth of the run (measured: README, "Benchmarks"). A source already touches every record
+//! a tenth of the run (measured: README, "Performance"). A source already touches every record
 //! once, so it can put each into its owner's batch ([`RoutedBatches`]); the exchange then only
 //! checks that a batch has one owner and moves it ([`WholeBatches`]). A batch that mixes owners
 //! (from a source that does not route) is split record by record, as timely's exchange would,

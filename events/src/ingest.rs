@@ -29,6 +29,7 @@ pub struct Accepted {
 }
 
 impl Accepted {
+    /// An accepted reading, with its sensor's route computed here, once.
     pub fn new(reading: Reading, origin: Origin, raw: RawRef, late: bool) -> Accepted {
         let route = crate::routing::key_route(&reading.sensor_id) as u32;
         Accepted { reading, origin, raw, late, route }
@@ -45,15 +46,6 @@ impl Accepted {
 pub enum Ingested {
     Accepted(Accepted),
     Rejected(DeadLetter),
-}
-
-impl Ingested {
-    pub fn into_result(self) -> Result<Accepted, DeadLetter> {
-        match self {
-            Ingested::Accepted(a) => Ok(a),
-            Ingested::Rejected(d) => Err(d),
-        }
-    }
 }
 
 /// How sources turn event time into timely time.
