@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::millstream;
+use common::run_ok;
 
 /// The figure after `label = `: `median (rounds min–max)`.
 fn ratio(stdout: &str, label: &str) -> (f64, f64, f64) {
@@ -20,18 +20,9 @@ fn ratio(stdout: &str, label: &str) -> (f64, f64, f64) {
 #[test]
 fn bench_reports_every_ratio_with_its_range() {
     let dir = tempfile::tempdir().unwrap();
-    let out = millstream()
-        .args(["bench", "--readings", "20000", "--repeat", "3", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("millstream starts");
+    let dir = dir.path().to_str().expect("a UTF-8 temporary path");
+    let out = run_ok(&["bench", "--readings", "20000", "--repeat", "3", "--dir", dir]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(stdout.contains("input: 20000 readings"), "{stdout}");
     assert!(stdout.contains("per-round ratios over 3 rounds"), "{stdout}");
     for label in ["1 worker / loop", "2 workers / 1 worker", "machine ceiling", "skeleton pipeline, 1 worker"]
