@@ -204,9 +204,13 @@ pub fn score_readings<'scope>(
                         }
                         // One deadline entry per sensor at a time: when it comes due and the
                         // sensor spoke since, it moves to the new deadline (see fire_deadlines).
+                        // A deadline already behind this time has been announced: the sensor
+                        // fell silent then, and a late reading (which leaves its state, and so
+                        // its last time, as it was) does not bring it back.
                         if silence_ms > 0 && !sensor.scheduled {
-                            if let Some(last) = sensor.monitor.last_ts() {
-                                let deadline = last.saturating_add(silence_ms);
+                            let deadline =
+                                sensor.monitor.last_ts().map(|last| last.saturating_add(silence_ms));
+                            if let Some(deadline) = deadline.filter(|d| *d >= time) {
                                 if deadline_capability.as_ref().is_none_or(|c| deadline < *c.time()) {
                                     deadline_capability = Some(cap.delayed(&deadline));
                                 }

@@ -378,6 +378,44 @@ fn a_sensor_that_stops_mid_stream_is_silent_once_and_no_sensor_is_silent_at_the_
     assert!(read_lines(&one.join("dead_letters.jsonl")).is_empty());
 }
 
+/// A sensor already announced silent whose next reading comes late: the reading is kept (late)
+/// or dead-lettered, the sensor stays silent, and the run ends normally at any worker count.
+/// (This used to panic, rescheduling the silence deadline behind the current time.)
+#[test]
+fn a_late_reading_from_a_silent_sensor_is_kept_and_leaves_it_silent() {
+    let t = START_MS;
+    let lines = vec![
+        line("p/v", t, 1.0, None),
+        line("q/v", t + 200 * SEC, 1.0, None),
+        line("p/v", t + 150 * SEC, 1.0, None), // older than the watermark (200 s − 5 s): late
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let one = run_lines(dir.path(), "w1", &lines, None, &["--workers", "1"]);
+    let two = run_lines(dir.path(), "w2", &lines, None, &["--workers", "2"]);
+    let anomalies = read_json(&one.join("anomalies.jsonl"));
+    assert_eq!(anomalies.len(), 1, "{anomalies:#?}");
+    assert_eq!(anomalies[0]["sensor_id"], "p/v");
+    assert_eq!(anomalies[0]["detector"], "silence");
+    assert_eq!(anomalies[0]["state"], "opened");
+    assert_eq!(ts_of(&anomalies[0], "ts"), t + 60 * SEC);
+    let scores = read_json(&one.join("scores.jsonl"));
+    assert_eq!(scores.len(), 3, "{scores:#?}");
+    let late: Vec<&Value> = scores.iter().filter(|s| s["late"] == true).collect();
+    assert_eq!(late.len(), 1, "{scores:#?}");
+    assert_eq!(ts_of(late[0], "ts"), t + 150 * SEC);
+    for file in ["anomalies.jsonl", "dead_letters.jsonl", "scores.jsonl"] {
+        assert_eq!(sorted_lines(&one.join(file)), sorted_lines(&two.join(file)), "{file}: 1 vs 2 workers");
+    }
+
+    let refused =
+        run_lines(dir.path(), "dl", &lines, None, &["--workers", "2", "--late-policy", "dead_letter"]);
+    let dead = read_json(&refused.join("dead_letters.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["reason"], "late");
+    assert_eq!(dead[0]["source"]["line"], 3);
+    assert_eq!(read_lines(&refused.join("scores.jsonl")).len(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Stuck.
 // ---------------------------------------------------------------------------------------------
