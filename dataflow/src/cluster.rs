@@ -9,6 +9,9 @@
 //! exits with [`EXIT_CLUSTER`], so that a supervisor (systemd, Kubernetes) restarts the whole
 //! cluster, which resumes from the last checkpoint (the committed source offsets).
 //!
+//! A worker that panics (a bug) is made a one-line exit too, with [`EXIT_WORKER_FAILED`]:
+//! otherwise the other workers of its process would wait for its progress forever.
+//!
 //! A host that vanishes without closing its connections is noticed by TCP keepalive and
 //! `TCP_USER_TIMEOUT` (see `detect_silent_loss`), which turn it into a broken connection.
 //!
@@ -33,6 +36,9 @@ use timely::worker::Worker;
 /// Exit code when the cluster cannot run: a peer was lost, or never came up within the
 /// start-up timeout. 75 is `EX_TEMPFAIL` of sysexits.h: restarting the cluster is the cure.
 pub const EXIT_CLUSTER: u8 = 75;
+
+/// Exit code when a worker panicked (a bug): 70 is `EX_SOFTWARE` of sysexits.h.
+pub const EXIT_WORKER_FAILED: u8 = 70;
 
 /// How long a process waits, by default, for all its peers to connect at start-up.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,6 +79,7 @@ where
     T: Send + 'static,
     F: Fn(&mut Worker) -> T + Send + Sync + 'static,
 {
+    install_exit_hook();
     let timely::Config { communication, worker } = config;
     let timely::CommunicationConfig::Cluster { threads, process, addresses, report: _, zerocopy } =
         communication
@@ -80,7 +87,7 @@ where
         let config = timely::Config { communication, worker };
         return timely::execute(config, func).map_err(ClusterError::Timely);
     };
-    exit_on_peer_loss(&addresses);
+    *ADDRESSES.lock().unwrap_or_else(|e| e.into_inner()) = addresses.clone();
     let sockets = connect(&addresses, process, startup_timeout)?;
     let hooks = Hooks::default();
     let allocators = if zerocopy {
@@ -259,13 +266,16 @@ fn detect_silent_loss(_stream: &TcpStream) -> std::io::Result<()> {
 
 /// The cluster's addresses, for the message about a lost peer.
 static ADDRESSES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-/// Set by the first thread that reports a lost peer; later panics stay quiet.
+/// Set by the first thread that reports a lost peer or a failed worker; later panics stay quiet.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// Installs (once) a panic hook that turns timely's communication panics into one line on stderr
-/// and exit code [`EXIT_CLUSTER`]. Other panics go to the previous hook as before.
-fn exit_on_peer_loss(addresses: &[String]) {
-    *ADDRESSES.lock().unwrap_or_else(|e| e.into_inner()) = addresses.to_vec();
+/// and exit code [`EXIT_CLUSTER`], and a panicking worker into one line and [`EXIT_WORKER_FAILED`].
+/// Other panics go to the previous hook as before.
+///
+/// A worker that panics would otherwise leave the other workers of its process waiting for its
+/// progress forever: the run would hang instead of failing.
+fn install_exit_hook() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
@@ -277,28 +287,49 @@ fn exit_on_peer_loss(addresses: &[String]) {
                 .or_else(|| info.payload().downcast_ref::<&str>().copied())
                 .unwrap_or("");
             let thread = std::thread::current();
-            let lost = peer_loss(thread.name().unwrap_or(""), message);
+            let name = thread.name().unwrap_or("");
             if EXITING.load(Ordering::SeqCst) {
-                // Another thread is reporting the loss and exiting: the rest is its echo.
+                // Another thread is reporting the failure and exiting: the rest is its echo.
                 loop {
                     std::thread::park();
                 }
             }
-            let Some((peer, cause)) = lost else { return previous(info) };
+            if let Some((peer, cause)) = peer_loss(name, message) {
+                if EXITING.swap(true, Ordering::SeqCst) {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                let address = ADDRESSES
+                    .lock()
+                    .ok()
+                    .and_then(|a| a.get(peer).cloned())
+                    .unwrap_or_else(|| "address unknown".to_owned());
+                eprintln!("{}", peer_lost_message(peer, &address, cause));
+                std::process::exit(EXIT_CLUSTER.into());
+            }
+            let Some(worker) = name.strip_prefix("timely:work-") else { return previous(info) };
+            // A lost peer makes workers panic too, and its communication thread's report (exit
+            // 75, restart the cluster) is the right one: give it a moment to come first.
+            std::thread::sleep(Duration::from_millis(200));
             if EXITING.swap(true, Ordering::SeqCst) {
                 loop {
                     std::thread::park();
                 }
             }
-            let address = ADDRESSES
-                .lock()
-                .ok()
-                .and_then(|a| a.get(peer).cloned())
-                .unwrap_or_else(|| "address unknown".to_owned());
-            eprintln!("{}", peer_lost_message(peer, &address, cause));
-            std::process::exit(EXIT_CLUSTER.into());
+            let location =
+                info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+            eprintln!("{}", worker_failed_message(worker, message, &location));
+            std::process::exit(EXIT_WORKER_FAILED.into());
         }));
     });
+}
+
+/// The one line for a worker that panicked: its index, the panic's message on one line, and
+/// where it was raised.
+fn worker_failed_message(worker: &str, message: &str, location: &str) -> String {
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("millstream: error: worker {worker} failed: {message}{location}")
 }
 
 /// A panic of timely's communication thread for peer N (`timely:recv-N`, `timely:send-N`):
@@ -318,6 +349,12 @@ fn peer_lost_message(peer: usize, address: &str, cause: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_worker_is_one_line() {
+        let line = super::worker_failed_message("1", "Attempted to delay\n  a capability", " (at a.rs:3)");
+        assert_eq!(line, "millstream: error: worker 1 failed: Attempted to delay a capability (at a.rs:3)");
+    }
+
     use super::*;
 
     #[test]

@@ -154,7 +154,10 @@ fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Config(ConfigCommand::Check { file }) => Settings::load(Some(&file))
@@ -180,11 +183,44 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
-            eprintln!("millstream: error: {}", chain.join(": "));
+            eprintln!("millstream: error: {}", error_line(&error));
             ExitCode::from(millstream::cluster::exit_code(&error))
         }
     }
+}
+
+/// Help and version go to stdout as clap prints them; bad usage is one line on stderr (the
+/// contract: "a one-line reason on bad usage"), exit code 2 as clap's own.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => error.exit(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            eprintln!("millstream: error: a command is required (see millstream --help)");
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("bad usage");
+            eprintln!("millstream: error: {} (see --help)", first.strip_prefix("error: ").unwrap_or(first));
+        }
+    }
+    ExitCode::from(2)
+}
+
+/// An error and its causes on one line, without repeating a cause that its error's message
+/// already ends with (errors that print their source, and also return it as `source()`).
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain().map(|e| e.to_string()) {
+        if line.ends_with(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn migrate(url: &str) -> anyhow::Result<()> {
