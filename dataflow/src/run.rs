@@ -45,10 +45,13 @@ impl ClusterOptions {
         if *workers == 0 {
             bail!("--workers must be at least 1");
         }
+        if *processes == 0 {
+            bail!("--processes must be at least 1");
+        }
+        if process >= processes {
+            bail!("--process {process} is out of range for --processes {processes} (0 to {})", processes - 1);
+        }
         let communication = if *processes > 1 {
-            if process >= processes {
-                bail!("--process {process} is out of range for --processes {processes}");
-            }
             let Some(hostfile) = hostfile else { bail!("--processes {processes} needs --hostfile") };
             let text = std::fs::read_to_string(hostfile)
                 .with_context(|| format!("cannot read hostfile {}", hostfile.display()))?;

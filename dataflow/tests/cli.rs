@@ -48,3 +48,24 @@ fn a_failure_is_one_line_naming_its_cause_once() {
     assert!(stderr.starts_with("millstream: error: "), "{stderr}");
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "the cause once: {stderr}");
 }
+
+#[test]
+fn an_impossible_cluster_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"sensor_id\":\"p/v\",\"ts\":0,\"value\":1}\n").unwrap();
+    let source = format!("file:{}", input.display());
+    let cases: &[(&[&str], &str)] = &[
+        (&["--processes", "0"], "--processes must be at least 1"),
+        (&["--process", "1"], "--process 1 is out of range for --processes 1"),
+        (&["--workers", "0"], "--workers must be at least 1"),
+    ];
+    for (extra, reason) in cases {
+        let mut args = vec!["run", "--source", &source, "--sink", "null"];
+        args.extend_from_slice(extra);
+        let (code, stderr) = stderr_of(&args);
+        assert_eq!(code, Some(1), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.starts_with("millstream: error: ") && stderr.contains(reason), "{extra:?}: {stderr}");
+    }
+}
