@@ -187,6 +187,15 @@ pub fn run(plan: RunPlan, stats: Arc<RunStats>) -> anyhow::Result<RunReport> {
         Arc::new(crate::stats::KafkaSourceStats { stats: Arc::clone(&stats), health: Arc::clone(&health) });
     let opened =
         OpenedSource::open(&source, crate::source::KafkaOpen { settings: &kafka, stop_at_end, observer })?;
+    if let OpenedSource::File(input) = &opened {
+        if input.is_stream() && cluster.processes > 1 {
+            bail!(
+                "{} is a pipe or a device: each process of a cluster reads the file itself, so it \
+                 must be a regular file",
+                input.path().display()
+            );
+        }
+    }
     let emit_readings = pipeline.emit_scores || sinks.iter().any(SinkSpec::stores_readings);
     // Only the process that hosts worker 0 watches the store; the updates are broadcast.
     let model_feed = if cluster.process == 0 {

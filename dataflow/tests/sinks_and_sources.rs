@@ -1,7 +1,10 @@
-//! The `stdout` and `null` sinks, several sinks at once, and the simulator's real-time pace.
+//! The `stdout` and `null` sinks, several sinks at once, a file source on a pipe, and the
+//! simulator's real-time pace.
 
 mod common;
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::Instant;
 
 use common::*;
@@ -54,4 +57,71 @@ fn realtime_simulation_keeps_the_pace() {
         &format!("jsonl:{}", dir.path().display()),
     ]);
     assert!(started.elapsed().as_millis() >= 500, "finished in {:?}", started.elapsed());
+}
+
+/// `file:/dev/stdin` (a pipe: it cannot be memory-mapped) is read whole, and gives the same
+/// outputs as the same lines in a regular file; a cluster of processes refuses it.
+#[test]
+fn a_pipe_as_the_file_source_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> =
+        (0..300).map(|i| reading_line("p/v", START_MS + i * 1000, (i % 7) as f64, i % 2 == 0)).collect();
+    lines[200] = reading_line("p/v", START_MS + 200_000, 900.0, false); // a spike
+    lines.push("{not json".into());
+    let text = lines.join("\n") + "\n";
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, &text).unwrap();
+    let from_file = dir.path().join("file");
+    run_ok(&[
+        "run",
+        "--source",
+        &format!("file:{}", input.display()),
+        "--sink",
+        &format!("jsonl:{}", from_file.display()),
+        "--emit-scores",
+        "--workers",
+        "2",
+    ]);
+
+    let from_pipe = dir.path().join("pipe");
+    let mut child = millstream()
+        .args(["run", "--source", "file:/dev/stdin", "--sink"])
+        .arg(format!("jsonl:{}", from_pipe.display()))
+        .args(["--emit-scores", "--workers", "2"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("millstream starts");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["anomalies.jsonl", "dead_letters.jsonl", "scores.jsonl"] {
+        let (a, b) = (read_lines(&from_file.join(file)), read_lines(&from_pipe.join(file)));
+        assert!(!a.is_empty(), "{file} has records");
+        if file == "dead_letters.jsonl" {
+            // Same reason and line; the file's name differs.
+            let strip = |l: &Vec<String>| -> Vec<(String, String)> {
+                l.iter()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .map(|v| (v["reason"].to_string(), v["source"]["line"].to_string()))
+                    .collect()
+            };
+            assert_eq!(strip(&a), strip(&b), "{file}");
+        } else {
+            assert_eq!(a, b, "{file}: pipe vs regular file");
+        }
+    }
+    assert_eq!(read_lines(&from_pipe.join("scores.jsonl")).len(), lines.len() - 1);
+
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
+    let out = millstream()
+        .args(["run", "--source", "file:/dev/stdin", "--sink", "null", "--processes", "2", "--hostfile"])
+        .arg(&hostfile)
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("millstream: error: ") && stderr.contains("regular file"), "{stderr}");
 }

@@ -18,6 +18,7 @@
 mod source;
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum FileSourceError {
     Open { path: PathBuf, source: std::io::Error },
     #[error("cannot map {path} into memory: {source}")]
     Map { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Header { path: PathBuf, source: CsvHeaderError },
 }
@@ -52,11 +55,28 @@ pub enum Format {
     Csv(CsvHeader),
 }
 
+/// The bytes of an input: mapped from a regular file, or read whole from a pipe or device.
+enum FileData {
+    Empty,
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            FileData::Empty => &[],
+            FileData::Mapped(map) => map,
+            FileData::Read(bytes) => bytes,
+        }
+    }
+}
+
 /// An opened input file, shared (read-only) by every worker of a process.
 pub struct FileInput {
     path: PathBuf,
     display_name: String,
-    map: Option<Mmap>,
+    data: FileData,
     format: Format,
     /// Byte offset where each chunk starts; chunk `i` ends where chunk `i + 1` starts.
     chunk_starts: Vec<usize>,
@@ -119,28 +139,36 @@ impl FileInput {
     }
 
     pub fn open_with_chunk_size(path: &Path, chunk_bytes: usize) -> Result<Arc<Self>, FileSourceError> {
-        let file = File::open(path).map_err(|source| FileSourceError::Open { path: path.into(), source })?;
-        let len =
-            file.metadata().map_err(|source| FileSourceError::Open { path: path.into(), source })?.len();
-        // A zero-length file cannot be mapped on every platform; it simply has no chunks.
-        let map = if len == 0 {
-            None
+        let mut file =
+            File::open(path).map_err(|source| FileSourceError::Open { path: path.into(), source })?;
+        let metadata =
+            file.metadata().map_err(|source| FileSourceError::Open { path: path.into(), source })?;
+        let data = if !metadata.is_file() {
+            // A pipe, a FIFO or a device (`file:/dev/stdin`): it cannot be mapped, and has no
+            // length before it is read. Read it whole; the chunks are planned over that.
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|source| FileSourceError::Read { path: path.into(), source })?;
+            FileData::Read(bytes)
+        } else if metadata.len() == 0 {
+            // A zero-length file cannot be mapped on every platform; it simply has no chunks.
+            FileData::Empty
         } else {
             // SAFETY: the map is read-only; a file truncated underneath a running source is
             // outside what a file source supports (as with every mmap reader).
-            Some(
+            FileData::Mapped(
                 unsafe { Mmap::map(&file) }
                     .map_err(|source| FileSourceError::Map { path: path.into(), source })?,
             )
         };
-        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let bytes = data.bytes();
         let format = detect_format(path, bytes)
             .map_err(|source| FileSourceError::Header { path: path.into(), source })?;
         let chunk_starts = plan_chunks(bytes, chunk_bytes.max(1));
         Ok(Arc::new(FileInput {
             display_name: path.display().to_string(),
             path: path.into(),
-            map,
+            data,
             format,
             chunk_starts,
             claimed: AtomicU64::new(0),
@@ -173,7 +201,13 @@ impl FileInput {
     }
 
     fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.data.bytes()
+    }
+
+    /// Whether the input was read from a pipe or a device rather than mapped from a regular
+    /// file: then only this process has its data, and a cluster of processes cannot share it.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.data, FileData::Read(_))
     }
 
     fn chunk_bytes(&self, chunk: u64) -> (usize, &[u8]) {
