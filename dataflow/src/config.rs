@@ -274,12 +274,18 @@ fn describe(error: &figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let key = if e.path.is_empty() { "(top level)".to_owned() } else { e.path.join(".") };
-            let origin = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.source.as_ref())
-                .map(|s| format!(" in {s}"))
-                .unwrap_or_default();
+            // Values from the environment are merged in code, so their source is a line of
+            // this file: name the variable instead.
+            let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::Code(_)) => {
+                    format!(
+                        " (from the environment variable MILLSTREAM_{})",
+                        e.path.join("__").to_ascii_uppercase()
+                    )
+                }
+                Some(source) => format!(" in {source}"),
+                None => String::new(),
+            };
             format!("{key}{origin}: {}", e.kind)
         })
         .collect::<Vec<_>>()
@@ -326,6 +332,8 @@ mod tests {
         assert!(load("[pipelin]\n", &[]).is_err());
         let err = load("", &[("MILLSTREAM_PIPELINE__NOPE", "1")]).unwrap_err().to_string();
         assert!(err.contains("nope"), "{err}");
+        assert!(err.contains("from the environment variable MILLSTREAM_PIPELINE__NOPE"), "{err}");
+        assert!(!err.contains(".rs:"), "names the variable, not a source file: {err}");
     }
 
     #[test]
