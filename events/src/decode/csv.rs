@@ -2,7 +2,9 @@
 //! `asset_id` and `unit`, in any order (other columns are ignored, like unknown JSON keys).
 //!
 //! Rows are decoded one line at a time with csv-core (quoted fields work; a quoted field
-//! may not contain a newline, because sources split files at line boundaries).
+//! may not contain a newline, because sources split files at line boundaries). Quotes follow
+//! RFC 4180: a quote anywhere else makes the row `malformed_csv`, so the halves of a field
+//! split across lines are both refused rather than one passing as a row.
 
 use super::{build_reading, MAX_RECORD_BYTES};
 use crate::time::{check_epoch_millis, parse_rfc3339};
@@ -116,6 +118,9 @@ impl CsvHeader {
 fn split(line: &[u8], fields: &mut Vec<u8>, ends: &mut Vec<usize>) -> Option<()> {
     use csv_core::ReadFieldResult;
     let line = super::trim_line_end(line);
+    if !quotes_are_well_placed(line) {
+        return None;
+    }
     fields.clear();
     ends.clear();
     fields.resize(line.len().max(1), 0);
@@ -152,6 +157,35 @@ fn split(line: &[u8], fields: &mut Vec<u8>, ends: &mut Vec<usize>) -> Option<()>
     }
     fields.truncate(written);
     Some(())
+}
+
+/// Whether every `"` of a line opens a quoted field (as its first byte), closes one (followed by
+/// a comma or the end), or is doubled inside one: RFC 4180. csv-core tolerates a stray quote in
+/// an unquoted field, which is how the second half of a quoted field split across lines would
+/// otherwise pass as a row (`ration",2026-…,1` after `"p/vib`), quotes and all.
+fn quotes_are_well_placed(line: &[u8]) -> bool {
+    #[derive(Clone, Copy)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// A `"` inside a quoted field: the closing quote, or the first of a doubled one.
+        QuoteInQuoted,
+    }
+    let mut state = State::FieldStart;
+    for &byte in line {
+        state = match (state, byte) {
+            (State::FieldStart, b'"') => State::Quoted,
+            (State::FieldStart | State::Unquoted | State::QuoteInQuoted, b',') => State::FieldStart,
+            (State::FieldStart | State::Unquoted, b'"') => return false,
+            (State::FieldStart | State::Unquoted, _) => State::Unquoted,
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (State::QuoteInQuoted, _) => return false,
+        };
+    }
+    !matches!(state, State::Quoted)
 }
 
 fn field_iter<'a>(fields: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -203,6 +237,23 @@ mod tests {
         assert_eq!(reason(&mut h, "a,0,NaN,,"), Reason::NonFinite);
         assert_eq!(reason(&mut h, "a,0,inf,,"), Reason::NonFinite);
         assert_eq!(reason(&mut h, "\"a,0,1,,"), Reason::MalformedCsv);
+        // The second half of a quoted field split across lines, and other stray quotes.
+        assert_eq!(reason(&mut h, "ration\",2026-03-01T00:00:00Z,1,,"), Reason::MalformedCsv);
+        assert_eq!(reason(&mut h, "a\"b,0,1,,"), Reason::MalformedCsv);
+        assert_eq!(reason(&mut h, "\"a\"b,0,1,,"), Reason::MalformedCsv);
+        // A quote after spaces is not an opening quote: the field would keep its quotes.
+        assert_eq!(reason(&mut h, "a,0,1, \"pump\","), Reason::MalformedCsv);
+        assert_eq!(h.decode(b"a, 0, 1,pump,").unwrap().value, 1.0, "spaces alone are fine");
+    }
+
+    #[test]
+    fn quoted_fields_may_hold_commas_and_doubled_quotes() {
+        let mut h = CsvHeader::parse(b"sensor_id,ts,value,asset_id,unit").unwrap();
+        let r = h.decode(b"\"p,1/\"\"x\"\"\",0,1.5,\"pump\",\"\"").unwrap();
+        assert_eq!(r.sensor_id, "p,1/\"x\"");
+        assert_eq!(r.asset_id, "pump");
+        assert_eq!(r.value, 1.5);
+        assert_eq!(r.unit, None);
     }
 
     proptest! {
