@@ -50,14 +50,7 @@ fn every_invalid_line_is_a_dead_letter_and_every_valid_one_is_scored() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("out");
-    run_ok(&[
-        "run",
-        "--source",
-        &format!("file:{}", input.display()),
-        "--sink",
-        &format!("jsonl:{}", out.display()),
-        "--emit-scores",
-    ]);
+    run_file_to_jsonl(&input, &out, &["--emit-scores"]);
 
     let dead = read_json(&out.join("dead_letters.jsonl"));
     let by_line: BTreeMap<u64, &serde_json::Value> =
@@ -107,14 +100,7 @@ fn csv_rows_are_decoded_and_bad_rows_dead_lettered() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    run_ok(&[
-        "run",
-        "--source",
-        &format!("file:{}", input.display()),
-        "--sink",
-        &format!("jsonl:{}", out.display()),
-        "--emit-scores",
-    ]);
+    run_file_to_jsonl(&input, &out, &["--emit-scores"]);
     let dead = read_json(&out.join("dead_letters.jsonl"));
     let mut reasons: Vec<(u64, String)> = dead
         .iter()

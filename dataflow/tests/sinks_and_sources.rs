@@ -72,16 +72,7 @@ fn a_pipe_as_the_file_source_is_read_whole() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, &text).unwrap();
     let from_file = dir.path().join("file");
-    run_ok(&[
-        "run",
-        "--source",
-        &format!("file:{}", input.display()),
-        "--sink",
-        &format!("jsonl:{}", from_file.display()),
-        "--emit-scores",
-        "--workers",
-        "2",
-    ]);
+    run_file_to_jsonl(&input, &from_file, &["--emit-scores", "--workers", "2"]);
 
     let from_pipe = dir.path().join("pipe");
     let mut child = millstream()

@@ -23,6 +23,14 @@ pub fn run_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `millstream run` from the file `input` into `jsonl:out`, with `extra` flags; must succeed.
+pub fn run_file_to_jsonl(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (source, sink) = (format!("file:{}", input.display()), format!("jsonl:{}", out.display()));
+    let mut args = vec!["run", "--source", &source, "--sink", &sink];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 pub fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))

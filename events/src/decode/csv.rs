@@ -177,7 +177,7 @@ fn quotes_are_well_placed(line: &[u8]) -> bool {
         state = match (state, byte) {
             (State::FieldStart, b'"') => State::Quoted,
             (State::FieldStart | State::Unquoted | State::QuoteInQuoted, b',') => State::FieldStart,
-            (State::FieldStart | State::Unquoted, b'"') => return false,
+            (State::Unquoted, b'"') => return false,
             (State::FieldStart | State::Unquoted, _) => State::Unquoted,
             (State::Quoted, b'"') => State::QuoteInQuoted,
             (State::Quoted, _) => State::Quoted,
