@@ -199,9 +199,16 @@ fn usage_error(error: clap::Error) -> ExitCode {
             eprintln!("millstream: error: a command is required (see millstream --help)");
         }
         _ => {
+            // clap's first paragraph is the reason (a list of missing arguments continues it
+            // on the next lines); usage and tips follow after a blank line.
             let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("bad usage");
-            eprintln!("millstream: error: {} (see --help)", first.strip_prefix("error: ").unwrap_or(first));
+            let reason: Vec<&str> =
+                rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let reason = reason.join(" ");
+            eprintln!(
+                "millstream: error: {} (see --help)",
+                reason.strip_prefix("error: ").unwrap_or(&reason)
+            );
         }
     }
     ExitCode::from(2)

@@ -28,6 +28,10 @@ fn bad_usage_is_one_line_and_exit_code_2() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         assert!(stderr.starts_with("millstream: error: "), "{args:?}: {stderr}");
     }
+    // A missing argument is named on the same line.
+    let (code, stderr) = stderr_of(&["produce", "--brokers", "127.0.0.1:1", "--topic", "x"]);
+    assert_eq!((code, stderr.lines().count()), (Some(2), 1), "{stderr}");
+    assert!(stderr.contains("--file") && stderr.contains("--simulate"), "{stderr}");
 }
 
 #[test]
