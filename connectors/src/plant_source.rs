@@ -74,6 +74,15 @@ impl SimulatedPlant {
                 }
             }
         }
+        // The whole run must fit in the contract's time range (to 9999-12-31): beyond it the
+        // readings would be refused, and the source's clock would wrap.
+        let span = config.steps.checked_mul(config.period_ms).and_then(|span| config.start.checked_add(span));
+        if span.is_none_or(|end| end > millstream_events::time::MAX_EVENT_TIME) {
+            return Err(format!(
+                "start={} + steps={} × period_ms={} ends after 9999-12-31, the last time a reading may have",
+                config.start, config.steps, config.period_ms
+            ));
+        }
         Ok(SimulatedPlant::new(config, realtime))
     }
 
@@ -187,5 +196,30 @@ fn stamp(
                 }),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(text: &str) -> Vec<(String, String)> {
+        text.split(',')
+            .map(|kv| kv.split_once('=').unwrap())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_that_would_end_after_9999_is_refused() {
+        assert!(SimulatedPlant::from_options(&options("assets=1,steps=100")).is_ok());
+        for text in [
+            "assets=2,steps=300,period_ms=18446744073709551615",
+            "assets=1,steps=100,start=18446744073709551000",
+            "assets=1,steps=2,start=253402300799999,period_ms=1",
+        ] {
+            let err = SimulatedPlant::from_options(&options(text)).err().expect(text);
+            assert!(err.contains("ends after 9999-12-31"), "{text}: {err}");
+        }
     }
 }

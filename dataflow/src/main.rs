@@ -161,8 +161,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Config(ConfigCommand::Check { file }) => Settings::load(Some(&file))
-            .map(|settings| print!("{}", settings.to_redacted_toml()))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            // What `run` checks of the models' settings too, so a file that passes here runs.
+            .and_then(|settings| settings.models.check().map(|()| settings))
+            .map(|settings| print!("{}", settings.to_redacted_toml())),
         Command::Demo(args) => {
             init_logging(&LogSettings::default()).and_then(|()| millstream::demo::demo(args))
         }

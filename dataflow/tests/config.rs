@@ -25,6 +25,25 @@ fn config_check_names_a_misspelt_key_and_exits_non_zero() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch_rowz"));
+
+    // A value `run` would refuse is refused here too, in one line.
+    let drift = dir.path().join("drift.toml");
+    std::fs::write(
+        &drift,
+        "[models.drift]
+enabled = true
+window_ms = 0
+slide_ms = 0
+",
+    )
+    .unwrap();
+    let out = millstream().args(["config", "check", &drift.display().to_string()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("millstream: error: [models.drift]") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -408,22 +408,7 @@ fn a_switch_delay_shorter_than_a_slide_does_not_stall_the_run() {
         assert!(text.contains("switch_delay_ms = 15000") && text.contains("slide_ms = 60000"));
         std::fs::write(&config, text).unwrap();
         let out = scenario.dir.join(format!("short-{workers}"));
-        let mut child = run_command(&scenario, &config, &out, workers)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("millstream starts");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the run on {workers} workers did not end within 120 s: the retraining loop stalled");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let status = run_within(run_command(&scenario, &config, &out, workers), 120, workers);
         assert!(status.success(), "{workers} workers: {status}");
         lineages.push(sorted_lines(&out.join("model_versions.jsonl")));
     }
@@ -433,4 +418,70 @@ fn a_switch_delay_shorter_than_a_slide_does_not_stall_the_run() {
         lineages[0]
     );
     assert_eq!(lineages[0], lineages[1], "the same lineage on 1 and 2 workers");
+}
+
+/// Runs `command` (its output discarded); fails the test if it has not ended within `secs`.
+fn run_within(mut command: std::process::Command, secs: u64, workers: usize) -> std::process::ExitStatus {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("millstream starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run on {workers} workers did not end within {secs} s: the retraining loop stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A model whose buckets (20 s) are longer than the switch delay (15 s). The drift stage held
+/// its output at a bucket's first reading, and closed the bucket only once the model updates
+/// fed back had passed the bucket's end; they come `switch_delay_ms` after that hold, so each
+/// waited for the other and the run never ended (found by a hunt for hostile inputs). It must
+/// end, with the same outputs on 1 and 2 workers.
+#[test]
+fn a_bucket_longer_than_the_switch_delay_does_not_stall_the_run() {
+    let scenario = scenario(&[]);
+    let training = scenario.dir.join("training.jsonl");
+    let mut outputs = Vec::new();
+    for workers in [1, 2] {
+        // A store of each run's own, as above.
+        let prefix = format!("long{workers}");
+        train(
+            &scenario.env,
+            &[
+                "--input",
+                &format!("file:{}", training.display()),
+                "--store",
+                &format!("s3://{BUCKET}/{prefix}"),
+                "--endpoint",
+                &scenario.s3.endpoint(),
+                "--name",
+                MODEL,
+                "--bucket-ms",
+                "20000",
+                "--smoothing",
+                "2",
+            ],
+        );
+        let config = config(&scenario, &prefix, true);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("switch_delay_ms = 60000", "switch_delay_ms = 15000");
+        assert!(text.contains("switch_delay_ms = 15000"));
+        std::fs::write(&config, text).unwrap();
+        let out = scenario.dir.join(format!("long-{workers}"));
+        let status = run_within(run_command(&scenario, &config, &out, workers), 120, workers);
+        assert!(status.success(), "{workers} workers: {status}");
+        let files = ["anomalies.jsonl", "drift.jsonl", "model_versions.jsonl", "scores.jsonl"];
+        outputs.push(files.map(|f| sorted_lines(&out.join(f))));
+    }
+    assert!(!outputs[0][3].is_empty(), "the readings were scored");
+    assert_eq!(outputs[0], outputs[1], "the same outputs on 1 and 2 workers");
 }

@@ -572,9 +572,19 @@ impl AssetState {
         }
     }
 
-    /// The earliest time this asset still owes outputs at: its open bucket's, or its slide's.
+    /// The earliest time this asset still owes outputs at: its open bucket's end (where the
+    /// bucket's row and sequential drift go out), or its slide's.
+    ///
+    /// Holding at the bucket's end, not at its first reading, matters in the retraining loop:
+    /// the model updates fed back reach this stage `switch_delay_ms` after what it holds, and
+    /// it closes a bucket only once they have passed the bucket's end. Held at the first
+    /// reading, a bucket longer than the delay waited for itself, and the run stalled.
     fn owed(&self) -> Option<EventTime> {
-        self.bucket_time.into_iter().chain(self.slide.as_ref().map(|s| s.enter)).min()
+        let bucket = self.bucket_time.map(|first| match self.bucket {
+            Some(start) => first.max(start.saturating_add(self.bucket_ms)),
+            None => first,
+        });
+        bucket.into_iter().chain(self.slide.as_ref().map(|s| s.enter)).min()
     }
 
     /// From now on, what is owed leaves at `boundary` or later (as in the asset stage: what
