@@ -218,7 +218,9 @@ mod tests {
             "assets=1,steps=100,start=18446744073709551000",
             "assets=1,steps=2,start=253402300799999,period_ms=1",
         ] {
-            let err = SimulatedPlant::from_options(&options(text)).err().expect(text);
+            let Err(err) = SimulatedPlant::from_options(&options(text)) else {
+                panic!("{text} was accepted")
+            };
             assert!(err.contains("ends after 9999-12-31"), "{text}: {err}");
         }
     }
