@@ -289,17 +289,10 @@ fn install_exit_hook() {
             let thread = std::thread::current();
             let name = thread.name().unwrap_or("");
             if EXITING.load(Ordering::SeqCst) {
-                // Another thread is reporting the failure and exiting: the rest is its echo.
-                loop {
-                    std::thread::park();
-                }
+                park_forever();
             }
             if let Some((peer, cause)) = peer_loss(name, message) {
-                if EXITING.swap(true, Ordering::SeqCst) {
-                    loop {
-                        std::thread::park();
-                    }
-                }
+                claim_the_exit();
                 let address = ADDRESSES
                     .lock()
                     .ok()
@@ -312,11 +305,7 @@ fn install_exit_hook() {
             // A lost peer makes workers panic too, and its communication thread's report (exit
             // 75, restart the cluster) is the right one: give it a moment to come first.
             std::thread::sleep(Duration::from_millis(200));
-            if EXITING.swap(true, Ordering::SeqCst) {
-                loop {
-                    std::thread::park();
-                }
-            }
+            claim_the_exit();
             let location =
                 info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
             eprintln!("{}", worker_failed_message(worker, message, &location));
@@ -325,11 +314,24 @@ fn install_exit_hook() {
     });
 }
 
+/// Makes this thread the one that reports the failure and exits; if another thread already is,
+/// this one waits for the exit (the rest is its echo).
+fn claim_the_exit() {
+    if EXITING.swap(true, Ordering::SeqCst) {
+        park_forever();
+    }
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
 /// The one line for a worker that panicked: its index, the panic's message on one line, and
 /// where it was raised.
 fn worker_failed_message(worker: &str, message: &str, location: &str) -> String {
-    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    format!("millstream: error: worker {worker} failed: {message}{location}")
+    format!("millstream: error: worker {worker} failed: {}{location}", crate::one_line(message))
 }
 
 /// A panic of timely's communication thread for peer N (`timely:recv-N`, `timely:send-N`):
@@ -349,13 +351,13 @@ fn peer_lost_message(peer: usize, address: &str, cause: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_failed_worker_is_one_line() {
-        let line = super::worker_failed_message("1", "Attempted to delay\n  a capability", " (at a.rs:3)");
+        let line = worker_failed_message("1", "Attempted to delay\n  a capability", " (at a.rs:3)");
         assert_eq!(line, "millstream: error: worker 1 failed: Attempted to delay a capability (at a.rs:3)");
     }
-
-    use super::*;
 
     #[test]
     fn recognises_timely_communication_panics() {

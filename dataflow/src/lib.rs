@@ -36,6 +36,12 @@ pub mod stash;
 pub mod stats;
 pub mod train;
 
+/// `text` on one line: every run of whitespace, newlines included, made one space. Failures are
+/// reported in one line on stderr (ARCHITECTURE.md §6).
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Stops the process with a one-line reason: for failures inside a worker that leave the run
 /// without a way to continue (a sink or a source that cannot be created).
 pub fn fatal(message: &str) -> ! {

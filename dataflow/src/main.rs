@@ -204,9 +204,8 @@ fn usage_error(error: clap::Error) -> ExitCode {
             // clap's first paragraph is the reason (a list of missing arguments continues it
             // on the next lines); usage and tips follow after a blank line.
             let rendered = error.render().to_string();
-            let reason: Vec<&str> =
-                rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
-            let reason = reason.join(" ");
+            let paragraph: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).collect();
+            let reason = millstream::one_line(&paragraph.join("\n"));
             eprintln!(
                 "millstream: error: {} (see --help)",
                 reason.strip_prefix("error: ").unwrap_or(&reason)
@@ -229,7 +228,7 @@ fn error_line(error: &anyhow::Error) -> String {
         }
         line.push_str(&cause);
     }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    millstream::one_line(&line)
 }
 
 fn migrate(url: &str) -> anyhow::Result<()> {
